@@ -1,0 +1,134 @@
+//! Command line: `run`, `check`, `sign` (SPEC §4).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::proxy::{Proxy, State};
+use crate::secret::{Environment, ProcessEnv};
+use crate::verify::Key;
+
+#[derive(Debug, Parser)]
+#[command(name = "hookgate", version, about = "Forwards only webhooks whose HMAC signature is valid")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the configured routes.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the config, its secrets and certificates, then exit.
+    Check {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print the signature header value for a body (a testing aid).
+    Sign {
+        /// Environment variable holding the secret.
+        #[arg(long)]
+        secret_env: String,
+        /// File holding the body; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line; errors are printed here, one per line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { config } => match Config::load(&config, &ProcessEnv) {
+            Ok(c) => {
+                println!(
+                    "{}: configuration OK ({} route{})",
+                    config.display(),
+                    c.routes.len(),
+                    if c.routes.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                for line in e.problems() {
+                    eprintln!("{line}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Sign { secret_env, file } => sign(&secret_env, file),
+        Command::Run { config } => serve(&config),
+    }
+}
+
+fn sign(var: &str, file: Option<PathBuf>) -> ExitCode {
+    let Some(secret) = ProcessEnv.var(var).filter(|v| !v.is_empty()) else {
+        eprintln!("hookgate sign: env var {var} is not set or empty; export the webhook secret in it");
+        return ExitCode::FAILURE;
+    };
+    let mut body = Vec::new();
+    let read = match &file {
+        Some(path) if path.as_os_str() != "-" => std::fs::read(path).map(|b| body = b),
+        _ => std::io::stdin().read_to_end(&mut body).map(|_| ()),
+    };
+    if let Err(e) = read {
+        let from = file.map_or("stdin".to_string(), |p| p.display().to_string());
+        eprintln!("hookgate sign: cannot read {from}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let key = Key::new(secret.as_encoded_bytes());
+    println!("{}", hex::encode(key.sign(&body)));
+    ExitCode::SUCCESS
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.problems() {
+                tracing::error!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listen = config.server.listen;
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(
+                    "{}: cannot listen on {listen}: {e}; free the port or change server.listen",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let routes = config.routes.len();
+        let proxy = Arc::new(Proxy::new(State::new(config)));
+        tracing::info!(%listen, routes, version = env!("CARGO_PKG_VERSION"), "hookgate serving");
+        crate::server::serve(listener, proxy, crate::lifecycle::stop_signal()).await;
+        tracing::info!("hookgate stopped");
+        ExitCode::SUCCESS
+    })
+}

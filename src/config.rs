@@ -1,0 +1,697 @@
+//! Configuration: TOML text → raw serde structs → validated [`Config`].
+//!
+//! ```text
+//!   hookgate.toml ──parse──▶ RawConfig ──validate + load secrets──▶ Config
+//! ```
+//! Parsing rejects unknown keys. Validation collects *every* problem before
+//! failing, so one `hookgate check` run reports all of them, each on one line
+//! naming `file:line:col` and, for a route, its name, plus what to do.
+//! Nothing here ever prints a secret or file content: messages name keys,
+//! paths and env var names only.
+//!
+//! Values are chosen per route as: the route's own key, else `[limits]`,
+//! else the default shown in SPEC §3.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Method, Uri};
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::secret::{Environment, SecretSource};
+use crate::verify::{Key, Scheme};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hookgate/hookgate.toml";
+
+const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+// The sender gives up after 10 s; answering 504 before that lets it see why.
+const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(9);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+// ---------------------------------------------------------------------------
+// Raw form: exactly what the file says.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "route")]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Spanned<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Option<Spanned<u64>>,
+    handshake_timeout: Option<Spanned<String>>,
+    request_timeout: Option<Spanned<String>>,
+    upstream_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    path: Spanned<String>,
+    host: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+    secret: Spanned<SecretSource>,
+    scheme: Option<Spanned<String>>,
+    methods: Option<Spanned<Vec<String>>>,
+    forwarded_headers: Option<bool>,
+    max_body_bytes: Option<Spanned<u64>>,
+    request_timeout: Option<Spanned<String>>,
+    upstream_timeout: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated form: what the gateway runs on.
+
+/// A loaded, validated configuration with every route's HMAC key prepared.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this came from (used in messages).
+    pub origin: PathBuf,
+    pub server: Server,
+    pub admin: Admin,
+    pub limits: Limits,
+    pub routes: Vec<Arc<Route>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_timeout: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+/// Paths of the PEM files for `[server.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+/// Global limits (`[limits]`); each route carries its effective copy.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub handshake_timeout: Duration,
+    pub request_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Where a route forwards to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub authority: Authority,
+    /// `None`: keep the request's path and query. `Some(p)`: send to `p`,
+    /// keeping the request's query.
+    pub fixed_path: Option<PathAndQuery>,
+}
+
+/// One `[[route]]`, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub path: String,
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    pub upstream: Upstream,
+    pub scheme: Scheme,
+    /// The scheme's signature header name, resolved once.
+    pub signature_header: http::HeaderName,
+    pub key: Key,
+    pub methods: Vec<Method>,
+    /// Pre-rendered `Allow` header for 405 answers.
+    pub allow: HeaderValue,
+    pub forwarded_headers: bool,
+    pub max_body_bytes: u64,
+    pub request_timeout: Duration,
+    pub upstream_timeout: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+/// One problem in a config file: where, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub at: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config: {source}; check the path given to --config", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every problem found, one per line.
+    #[error("{}", display_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn display_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Invalid(p) => p.iter().map(Problem::to_string).collect(),
+        }
+    }
+}
+
+/// Turns byte spans into `file:line:col` and collects problems.
+struct Report<'a> {
+    origin: String,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn at(&self, span: Range<usize>) -> String {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map_or(0, |l| l.chars().count())
+            + 1;
+        format!("{}:{line}:{col}", self.origin)
+    }
+
+    fn add(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let at = self.at(span);
+        self.problems.push(Problem {
+            at,
+            message: message.into(),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// Reads and validates the file at `path`, loading every secret.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path, env)
+    }
+
+    /// Parses and validates config text; `origin` only names it in messages.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &Path,
+        env: &dyn Environment,
+    ) -> Result<Config, ConfigError> {
+        let mut report = Report {
+            origin: origin.display().to_string(),
+            text,
+            problems: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                // Only the message, never toml's snippet of the file's text.
+                report.add(e.span().unwrap_or(0..0), e.message().trim_end());
+                return Err(ConfigError::Invalid(report.problems));
+            }
+        };
+        let config = build(raw, origin, env, &mut report);
+        if report.problems.is_empty() {
+            // build returns Some whenever no problem was recorded.
+            if let Some(config) = config {
+                return Ok(config);
+            }
+        }
+        Err(ConfigError::Invalid(report.problems))
+    }
+}
+
+fn build(
+    raw: RawConfig,
+    origin: &Path,
+    env: &dyn Environment,
+    r: &mut Report<'_>,
+) -> Option<Config> {
+    let listen = socket_addr(&raw.server.listen, "server.listen", r);
+    let mut trusted_proxies = Vec::new();
+    for cidr in &raw.server.trusted_proxies {
+        match parse_cidr(cidr.get_ref()) {
+            Some(net) => trusted_proxies.push(net),
+            None => r.add(
+                cidr.span(),
+                format!(
+                    "server.trusted_proxies: {:?} is not an IP address or CIDR; write e.g. \"10.0.0.0/8\" or \"192.0.2.7\"",
+                    cidr.get_ref()
+                ),
+            ),
+        }
+    }
+    let shutdown_timeout = duration(
+        raw.server.shutdown_timeout.as_ref(),
+        "server.shutdown_timeout",
+        DEFAULT_SHUTDOWN_TIMEOUT,
+        r,
+    );
+    let tls = raw.server.tls.map(|t| TlsFiles {
+        cert: t.cert.into_inner(),
+        key: t.key.into_inner(),
+    });
+
+    let admin_listen = match raw.admin.and_then(|a| a.listen) {
+        Some(l) => socket_addr(&l, "admin.listen", r),
+        None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+    };
+
+    let l = &raw.limits;
+    let max_connections = match &l.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(v) if *v.get_ref() == 0 => {
+            r.add(v.span(), "limits.max_connections must be at least 1");
+            DEFAULT_MAX_CONNECTIONS
+        }
+        Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
+    };
+    let limits = Limits {
+        max_body_bytes: l
+            .max_body_bytes
+            .as_ref()
+            .map_or(DEFAULT_MAX_BODY_BYTES, |v| *v.get_ref()),
+        handshake_timeout: duration(
+            l.handshake_timeout.as_ref(),
+            "limits.handshake_timeout",
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            r,
+        ),
+        request_timeout: duration(
+            l.request_timeout.as_ref(),
+            "limits.request_timeout",
+            DEFAULT_REQUEST_TIMEOUT,
+            r,
+        ),
+        upstream_timeout: duration(
+            l.upstream_timeout.as_ref(),
+            "limits.upstream_timeout",
+            DEFAULT_UPSTREAM_TIMEOUT,
+            r,
+        ),
+        max_connections,
+    };
+
+    if raw.routes.is_empty() {
+        r.add(
+            0..0,
+            "no [[route]] is configured; add at least one route (see config.example.toml)",
+        );
+    }
+    let mut names: HashMap<String, Range<usize>> = HashMap::new();
+    let mut places: HashSet<(Option<String>, String)> = HashSet::new();
+    let mut routes = Vec::new();
+    for raw_route in raw.routes {
+        let span = raw_route.span();
+        let raw_route = raw_route.into_inner();
+        let name = raw_route.name.get_ref().clone();
+        if let Some(first) = names.get(&name) {
+            let first_at = r.at(first.clone());
+            r.add(
+                raw_route.name.span(),
+                format!("route {name:?}: duplicate route name (first defined at {first_at}); give each route a unique name"),
+            );
+        } else {
+            names.insert(name.clone(), raw_route.name.span());
+        }
+        if let Some(route) = build_route(raw_route, &limits, env, r) {
+            if !places.insert((route.host.clone(), route.path.clone())) {
+                let host = route.host.as_deref().unwrap_or("any host");
+                r.add(
+                    span.clone(),
+                    format!(
+                        "route {:?}: another route already serves path {:?} on {host}; change its path or host",
+                        route.name, route.path
+                    ),
+                );
+            }
+            routes.push(Arc::new(route));
+        }
+    }
+
+    Some(Config {
+        origin: origin.to_path_buf(),
+        server: Server {
+            listen: listen?,
+            trusted_proxies,
+            shutdown_timeout,
+            tls,
+        },
+        admin: Admin {
+            listen: admin_listen?,
+        },
+        limits,
+        routes,
+    })
+}
+
+fn build_route(
+    raw: RawRoute,
+    limits: &Limits,
+    env: &dyn Environment,
+    r: &mut Report<'_>,
+) -> Option<Route> {
+    let name = raw.name.get_ref().clone();
+    let before = r.problems.len();
+    let route_ctx = format!("route {name:?}");
+
+    // Route names become metric labels: keep them short and plain.
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        r.add(
+            raw.name.span(),
+            format!("{route_ctx}: name must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        );
+    }
+
+    let path = raw.path.get_ref();
+    let path_ok = path.starts_with('/')
+        && !path.contains(['?', '#'])
+        && path.parse::<PathAndQuery>().is_ok();
+    if !path_ok {
+        r.add(
+            raw.path.span(),
+            format!("{route_ctx}: path {path:?} must start with '/' and contain no spaces, '?' or '#'"),
+        );
+    }
+
+    let host = raw.host.as_ref().and_then(|h| {
+        let value = h.get_ref();
+        match value.parse::<Authority>() {
+            Ok(a) if a.port().is_none() && !a.host().is_empty() && a.as_str() == a.host() => {
+                Some(a.host().to_ascii_lowercase())
+            }
+            _ => {
+                r.add(
+                    h.span(),
+                    format!("{route_ctx}: host {value:?} must be a bare host name like \"hooks.example.com\" (no scheme, port or path)"),
+                );
+                None
+            }
+        }
+    });
+
+    let upstream = parse_upstream(raw.upstream.get_ref()).map_err(|why| {
+        r.add(raw.upstream.span(), format!("{route_ctx}: upstream {:?} {why}", raw.upstream.get_ref()));
+    });
+
+    let scheme = match &raw.scheme {
+        None => Some(Scheme::Adsumo),
+        Some(s) => Scheme::from_name(s.get_ref()).or_else(|| {
+            r.add(
+                s.span(),
+                format!("{route_ctx}: unknown scheme {:?}; the supported scheme is \"adsumo\"", s.get_ref()),
+            );
+            None
+        }),
+    };
+
+    let methods: Vec<Method> = match &raw.methods {
+        None => vec![Method::POST],
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                r.add(list.span(), format!("{route_ctx}: methods is empty; list at least one, e.g. [\"POST\"]"));
+            }
+            let mut out = Vec::new();
+            for m in list.get_ref() {
+                let upper = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase());
+                match Method::from_bytes(m.as_bytes()) {
+                    Ok(method) if upper => {
+                        if !out.contains(&method) {
+                            out.push(method)
+                        }
+                    }
+                    _ => r.add(
+                        list.span(),
+                        format!("{route_ctx}: method {m:?} is not an upper-case HTTP method like \"POST\""),
+                    ),
+                }
+            }
+            out
+        }
+    };
+    let allow_text: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    let allow = HeaderValue::from_str(&allow_text.join(", ")).ok();
+
+    let key = match raw.secret.get_ref().load(env) {
+        Ok(secret) => Some(Key::new(secret.as_bytes())),
+        Err(e) => {
+            r.add(raw.secret.span(), format!("{route_ctx}: {e}"));
+            None
+        }
+    };
+
+    let max_body_bytes = raw
+        .max_body_bytes
+        .as_ref()
+        .map_or(limits.max_body_bytes, |v| *v.get_ref());
+    let request_timeout = duration(
+        raw.request_timeout.as_ref(),
+        &format!("{route_ctx}: request_timeout"),
+        limits.request_timeout,
+        r,
+    );
+    let upstream_timeout = duration(
+        raw.upstream_timeout.as_ref(),
+        &format!("{route_ctx}: upstream_timeout"),
+        limits.upstream_timeout,
+        r,
+    );
+
+    if r.problems.len() != before {
+        return None;
+    }
+    let scheme = scheme?;
+    Some(Route {
+        name,
+        path: path.clone(),
+        host,
+        upstream: upstream.ok()?,
+        signature_header: scheme.header(),
+        scheme,
+        key: key?,
+        methods,
+        allow: allow?,
+        forwarded_headers: raw.forwarded_headers.unwrap_or(true),
+        max_body_bytes,
+        request_timeout,
+        upstream_timeout,
+    })
+}
+
+fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| "is not a URL; write e.g. \"http://127.0.0.1:3000\"")?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("uses https, which is not supported for upstreams; point it at a local http:// service")
+        }
+        _ => return Err("must start with http://, e.g. \"http://127.0.0.1:3000\""),
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or("has no host; write e.g. \"http://127.0.0.1:3000\"")?;
+    if authority.as_str().contains('@') {
+        return Err("must not contain user info; remove the part before '@'");
+    }
+    let fixed_path = match uri.path_and_query() {
+        Some(pq) if pq.query().is_some() => {
+            return Err("must not contain a query; the request's query is forwarded as is")
+        }
+        Some(pq) if pq.path() != "/" && !pq.path().is_empty() => Some(pq.clone()),
+        _ => None,
+    };
+    // "http://h:3000" and "http://h:3000/" both keep the request's path.
+    if text.ends_with('#') || text.contains('#') {
+        return Err("must not contain a fragment ('#')");
+    }
+    Ok(Upstream {
+        authority,
+        fixed_path,
+    })
+}
+
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn socket_addr(value: &Spanned<String>, key: &str, r: &mut Report<'_>) -> Option<SocketAddr> {
+    match value.get_ref().parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            r.add(
+                value.span(),
+                format!(
+                    "{key}: {:?} is not an IP:port address; write e.g. \"127.0.0.1:8080\" or \"[::]:8443\"",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Parses "250ms", "10s", "1m". Zero is refused: every timeout must be able to fire.
+fn duration(
+    value: Option<&Spanned<String>>,
+    key: &str,
+    default: Duration,
+    r: &mut Report<'_>,
+) -> Duration {
+    let Some(value) = value else { return default };
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            r.add(value.span(), format!("{key} must be greater than zero"));
+            default
+        }
+        Err(_) => {
+            r.add(
+                value.span(),
+                format!(
+                    "{key}: {:?} is not a duration; write a number with a unit, e.g. \"250ms\", \"10s\", \"1m\"",
+                    value.get_ref()
+                ),
+            );
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> HashMap<String, String> {
+        [("S".to_string(), "sekrit".to_string())].into()
+    }
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "a"
+path = "/hooks/a"
+upstream = "http://127.0.0.1:3000"
+secret = { env = "S" }
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml_str(MINIMAL, Path::new("t.toml"), &env()).unwrap();
+        assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.limits.upstream_timeout, Duration::from_secs(9));
+        assert_eq!(c.admin.listen, "127.0.0.1:9464".parse().unwrap());
+        let r = &c.routes[0];
+        assert_eq!(r.methods, vec![Method::POST]);
+        assert_eq!(r.allow, "POST");
+        assert!(r.upstream.fixed_path.is_none());
+        assert!(r.forwarded_headers);
+    }
+
+    #[test]
+    fn upstream_forms() {
+        assert!(parse_upstream("http://h:1").unwrap().fixed_path.is_none());
+        assert!(parse_upstream("http://h:1/").unwrap().fixed_path.is_none());
+        assert_eq!(
+            parse_upstream("http://h:1/in/a").unwrap().fixed_path.unwrap(),
+            "/in/a"
+        );
+        assert!(parse_upstream("https://h").is_err());
+        assert!(parse_upstream("http://h/x?q=1").is_err());
+        assert!(parse_upstream("h:1").is_err());
+    }
+
+    #[test]
+    fn positions_are_line_and_column() {
+        let r = Report {
+            origin: "f".into(),
+            text: "ab\ncd\nefg",
+            problems: vec![],
+        };
+        assert_eq!(r.at(0..1), "f:1:1");
+        assert_eq!(r.at(4..5), "f:2:2");
+        assert_eq!(r.at(8..9), "f:3:3");
+    }
+}

@@ -1,0 +1,278 @@
+//! Header rewriting between client, gateway and upstream (pure functions).
+//!
+//! Hop-by-hop fields (RFC 9110 §7.6.1) are dropped, together with every field
+//! the `Connection` header names, except the ones the gateway relies on or
+//! sets itself. The surviving end-to-end fields keep their order. `http`'s
+//! `HeaderMap::remove` reorders entries (swap-remove), so instead of removing
+//! in place the map is rebuilt in one pass, moving (not copying) each value.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Connection-specific fields that never cross a proxy.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Names listed in the `Connection` header(s), lower-cased. Empty (and no
+/// allocation) in the common case of no `Connection` header or only
+/// `keep-alive`/`close`.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            let token = token.trim();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("keep-alive")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// What the gateway adds to a forwarded request.
+pub struct Forwarding {
+    pub peer: IpAddr,
+    /// The peer is a trusted proxy: append to its X-Forwarded-For and keep
+    /// its X-Forwarded-Proto/Host.
+    pub trusted: bool,
+    pub proto: &'static str,
+    pub host: Option<HeaderValue>,
+}
+
+/// Builds the upstream request headers from the client's, in their order.
+///
+/// - drops hop-by-hop fields, fields named by `Connection` (never `Host` or
+///   the signature field), `Content-Length` (the gateway sets its own),
+///   `Expect` (already satisfied: the whole body has been read);
+/// - when `forwarding` is given, replaces (or, for a trusted peer, extends)
+///   `X-Forwarded-For/-Proto/-Host`;
+/// - when the client sent no `Host` (HTTP/2 uses `:authority`), adds it so
+///   the upstream sees the original host.
+pub fn upstream_request_headers(
+    mut client: HeaderMap,
+    signature: &HeaderName,
+    forwarding: Option<Forwarding>,
+    authority: Option<&str>,
+    content_length: u64,
+) -> HeaderMap {
+    let named = connection_named(&client);
+    let mut out = HeaderMap::with_capacity(client.len() + 4);
+    if !client.contains_key(header::HOST) {
+        if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+            out.insert(header::HOST, value);
+        }
+    }
+    let mut xff: Option<HeaderValue> = None;
+    let mut xfp: Option<HeaderValue> = None;
+    let mut xfh: Option<HeaderValue> = None;
+    let rewrite = forwarding.is_some();
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in client.drain() {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        let Some(name) = current.as_ref() else { continue };
+        if is_hop_by_hop(name)
+            || name == header::CONTENT_LENGTH
+            || name == header::EXPECT
+            || (named.contains(name) && name != header::HOST && name != signature)
+        {
+            continue;
+        }
+        if rewrite {
+            if name == X_FORWARDED_FOR {
+                xff = Some(join(xff, &value));
+                continue;
+            }
+            if name == X_FORWARDED_PROTO {
+                xfp = Some(value);
+                continue;
+            }
+            if name == X_FORWARDED_HOST {
+                xfh = Some(value);
+                continue;
+            }
+        }
+        out.append(name.clone(), value);
+    }
+    if let Some(f) = forwarding {
+        let peer = HeaderValue::from_str(&f.peer.to_string()).ok();
+        let (xff, xfp, xfh) = if f.trusted {
+            let xff = match (xff, peer) {
+                (Some(prev), Some(peer)) => Some(join(Some(prev), &peer)),
+                (prev, peer) => peer.or(prev),
+            };
+            (xff, xfp.or_else(|| Some(HeaderValue::from_static(f.proto))), xfh.or(f.host))
+        } else {
+            (peer, Some(HeaderValue::from_static(f.proto)), f.host)
+        };
+        for (name, value) in [(&X_FORWARDED_FOR, xff), (&X_FORWARDED_PROTO, xfp), (&X_FORWARDED_HOST, xfh)] {
+            if let Some(value) = value {
+                out.append(name.clone(), value);
+            }
+        }
+    }
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
+    out
+}
+
+/// Strips hop-by-hop fields from the upstream's response, keeping order.
+pub fn client_response_headers(mut upstream: HeaderMap) -> HeaderMap {
+    let named = connection_named(&upstream);
+    let needs_rewrite = !named.is_empty() || HOP_BY_HOP.iter().any(|h| upstream.contains_key(h));
+    if !needs_rewrite {
+        return upstream;
+    }
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in upstream.drain() {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        let Some(name) = current.as_ref() else { continue };
+        if is_hop_by_hop(name) || named.contains(name) {
+            continue;
+        }
+        out.append(name.clone(), value);
+    }
+    out
+}
+
+/// "a, b" + "c" → "a, b, c" (X-Forwarded-For fields are combined this way).
+fn join(prev: Option<HeaderValue>, next: &HeaderValue) -> HeaderValue {
+    match prev {
+        None => next.clone(),
+        Some(prev) => {
+            let mut bytes = Vec::with_capacity(prev.len() + 2 + next.len());
+            bytes.extend_from_slice(prev.as_bytes());
+            bytes.extend_from_slice(b", ");
+            bytes.extend_from_slice(next.as_bytes());
+            HeaderValue::from_bytes(&bytes).unwrap_or(prev)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        m
+    }
+
+    fn pairs(m: &HeaderMap) -> Vec<(String, String)> {
+        m.iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    fn sig() -> HeaderName {
+        HeaderName::from_static("x-adsumo-signature")
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_are_dropped_in_order() {
+        let host = HeaderValue::from_static("h.example");
+        let m = map(&[
+            ("host", "h.example"),
+            ("connection", "keep-alive, X-Foo, x-forwarded-for, host, x-adsumo-signature"),
+            ("x-a", "1"),
+            ("x-foo", "gone"),
+            ("keep-alive", "timeout=5"),
+            ("x-adsumo-signature", "abc"),
+            ("te", "trailers"),
+            ("content-length", "3"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-b", "2"),
+        ]);
+        let out = upstream_request_headers(
+            m,
+            &sig(),
+            Some(Forwarding {
+                peer: "127.0.0.1".parse().unwrap(),
+                trusted: false,
+                proto: "http",
+                host: Some(host.clone()),
+            }),
+            None,
+            3,
+        );
+        assert_eq!(
+            pairs(&out),
+            [
+                ("host", "h.example"),
+                ("x-a", "1"),
+                ("x-adsumo-signature", "abc"),
+                ("x-b", "2"),
+                ("x-forwarded-for", "127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "h.example"),
+                ("content-length", "3"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    #[test]
+    fn trusted_peer_is_appended() {
+        let m = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
+        let out = upstream_request_headers(
+            m,
+            &sig(),
+            Some(Forwarding {
+                peer: "10.0.0.1".parse().unwrap(),
+                trusted: true,
+                proto: "http",
+                host: None,
+            }),
+            None,
+            0,
+        );
+        assert_eq!(out[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(out[&X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn forwarding_off_keeps_client_values() {
+        let m = map(&[("x-forwarded-for", "1.1.1.1")]);
+        let out = upstream_request_headers(m, &sig(), None, Some("a.example"), 0);
+        assert_eq!(out[&X_FORWARDED_FOR], "1.1.1.1");
+        assert_eq!(out[header::HOST], "a.example");
+    }
+
+    #[test]
+    fn response_hop_by_hop_removed() {
+        let m = map(&[("x-1", "a"), ("connection", "x-2"), ("x-2", "b"), ("transfer-encoding", "chunked"), ("x-3", "c")]);
+        assert_eq!(
+            pairs(&client_response_headers(m)),
+            [("x-1", "a"), ("x-3", "c")].map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! hookgate: a reverse proxy that forwards only webhooks whose HMAC
+//! signature is valid.
+//!
+//! # Layout
+//!
+//! The request path (SPEC §1) runs through these modules in order:
+//!
+//! - [`server`]: accepts connections, caps them, serves HTTP/1.1 and h2c with
+//!   hyper, drains on shutdown;
+//! - [`proxy`]: the request path top to bottom, and the one mapping from
+//!   errors to statuses and outcomes;
+//! - [`route`]: (host, raw path) → route;
+//! - [`verify`]: signature header parsing and the HMAC (no I/O, no per-request
+//!   allocation);
+//! - [`body`]: reads the body frame by frame under the limits, keeps the
+//!   frames and replays them upstream;
+//! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
+//!
+//! Around it: [`config`] (TOML → validated config with prepared HMAC keys),
+//! [`secret`] (env/file/credential secrets that never print), [`cli`] and
+//! [`lifecycle`] (signals).
+
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod headers;
+pub mod lifecycle;
+pub mod proxy;
+pub mod route;
+pub mod secret;
+pub mod server;
+pub mod verify;

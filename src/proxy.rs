@@ -1,0 +1,478 @@
+//! The request path of SPEC §1, top to bottom in [`Proxy::handle_inner`]:
+//!
+//! route (host, raw path) → method → Host → signature header → Content-Length
+//! pre-check → body read under limits with the HMAC updated per frame →
+//! constant-time compare → forward the same frames → relay the response.
+//!
+//! Every step returns `Result<_, ProxyError>`; only [`Proxy::handle`] turns an
+//! error into a status, an outcome and a log line, through the one exhaustive
+//! match in [`ProxyError::classify`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme as UriScheme};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::body::{self, BodyError, ReplayBody};
+use crate::config::{Config, Route};
+use crate::headers::{self, Forwarding};
+use crate::route::RouteTable;
+use crate::verify::{self, VerifyError};
+
+/// What happened to a request, as the `outcome` metric label and log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Forwarded,
+    SignatureMissing,
+    SignatureInvalid,
+    BodyTooLarge,
+    MethodNotAllowed,
+    Timeout,
+    UpstreamError,
+    UpstreamTimeout,
+    /// Malformed request on a matched route (Host, framing). Not in SPEC §6's
+    /// list, which has no row for it; kept separate rather than hidden.
+    BadRequest,
+    /// No route matched; counted without a route label.
+    Unmatched,
+}
+
+impl Outcome {
+    /// Every outcome a matched route can have (all but `Unmatched`).
+    pub const ROUTED: [Outcome; 9] = [
+        Outcome::Forwarded,
+        Outcome::SignatureMissing,
+        Outcome::SignatureInvalid,
+        Outcome::BodyTooLarge,
+        Outcome::MethodNotAllowed,
+        Outcome::Timeout,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
+        Outcome::BadRequest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::SignatureMissing => "signature_missing",
+            Outcome::SignatureInvalid => "signature_invalid",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::Timeout => "timeout",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::BadRequest => "bad_request",
+            Outcome::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("method not allowed by the route")]
+    MethodNotAllowed,
+    #[error("HTTP/1.1 request without exactly one valid Host header")]
+    BadHost,
+    #[error(transparent)]
+    Signature(VerifyError),
+    #[error("Content-Length exceeds the route's max_body_bytes")]
+    ContentLengthTooLarge,
+    #[error(transparent)]
+    Body(BodyError),
+    #[error("upstream request failed: {0}")]
+    Upstream(#[source] hyper_util::client::legacy::Error),
+    #[error("upstream did not answer within upstream_timeout")]
+    UpstreamTimeout,
+    #[error("cannot build the upstream URI: {0}")]
+    UpstreamUri(#[source] http::Error),
+}
+
+impl ProxyError {
+    /// The one place errors become statuses. No catch-all arm: a new variant
+    /// must be given its answer here.
+    pub fn classify(&self) -> (StatusCode, Outcome) {
+        match self {
+            ProxyError::NoRoute => (StatusCode::NOT_FOUND, Outcome::Unmatched),
+            ProxyError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, Outcome::MethodNotAllowed)
+            }
+            ProxyError::BadHost => (StatusCode::BAD_REQUEST, Outcome::BadRequest),
+            ProxyError::Signature(VerifyError::Missing) => {
+                (StatusCode::UNAUTHORIZED, Outcome::SignatureMissing)
+            }
+            ProxyError::Signature(
+                VerifyError::Duplicated
+                | VerifyError::WrongLength
+                | VerifyError::NotHex
+                | VerifyError::Mismatch,
+            ) => (StatusCode::UNAUTHORIZED, Outcome::SignatureInvalid),
+            ProxyError::ContentLengthTooLarge | ProxyError::Body(BodyError::TooLarge) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, Outcome::BodyTooLarge)
+            }
+            ProxyError::Body(BodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, Outcome::Timeout),
+            ProxyError::Body(BodyError::Read(_)) => (StatusCode::BAD_REQUEST, Outcome::BadRequest),
+            ProxyError::Upstream(_) | ProxyError::UpstreamUri(_) => {
+                (StatusCode::BAD_GATEWAY, Outcome::UpstreamError)
+            }
+            ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamTimeout),
+        }
+    }
+}
+
+/// One configuration snapshot: what a request is served with from start to
+/// end, even if a reload swaps in another meanwhile.
+#[derive(Debug)]
+pub struct State {
+    pub config: Config,
+    pub routes: RouteTable,
+}
+
+impl State {
+    pub fn new(config: Config) -> State {
+        let routes = RouteTable::new(&config.routes);
+        State { config, routes }
+    }
+}
+
+/// The client side of a connection, as the request path needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// "http" or "https": the `X-Forwarded-Proto` value.
+    pub proto: &'static str,
+}
+
+type UpstreamClient = Client<HttpConnector, ReplayBody>;
+
+/// The gateway's request handler: current state plus the pooled upstream
+/// client (shared across reloads so keep-alive connections survive them).
+pub struct Proxy {
+    state: Arc<State>,
+    client: UpstreamClient,
+}
+
+/// What is known about a request as it moves along the path; read by
+/// [`Proxy::handle`] for the response, the log line and metrics.
+struct Exchange {
+    route: Option<Arc<Route>>,
+    body_bytes: u64,
+    /// The request body was read to its end (or was empty): the connection
+    /// can be reused.
+    body_done: bool,
+    upstream_time: Option<Duration>,
+}
+
+impl Proxy {
+    pub fn new(state: State) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Proxy {
+            state: Arc::new(state),
+            client,
+        }
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Serves one request; never fails and never panics on peer input.
+    pub async fn handle(&self, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let state = self.state();
+        let method = req.method().clone();
+        let version = req.version();
+        let mut ex = Exchange {
+            route: None,
+            body_bytes: 0,
+            body_done: req.body().is_end_stream(),
+            upstream_time: None,
+        };
+        let result = self.handle_inner(&state, conn, req, started, &mut ex).await;
+        let route_name = ex.route.as_ref().map_or("-", |r| r.name.as_str());
+        let (response, outcome) = match result {
+            Ok(response) => (response, Outcome::Forwarded),
+            Err(err) => {
+                let (status, outcome) = err.classify();
+                tracing::debug!(route = route_name, peer = %conn.peer, reason = %err, "rejected");
+                let close = !ex.body_done && version <= Version::HTTP_11;
+                (synthetic(status, &err, ex.route.as_deref(), close), outcome)
+            }
+        };
+        tracing::info!(
+            target: "hookgate::access",
+            route = route_name,
+            method = %method,
+            status = response.status().as_u16(),
+            outcome = outcome.as_str(),
+            body_bytes = ex.body_bytes,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms = ex.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            peer = %conn.peer,
+            proto = ?version,
+        );
+        response
+    }
+
+    async fn handle_inner(
+        &self,
+        state: &State,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+        started: Instant,
+        ex: &mut Exchange,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let (parts, mut body) = req.into_parts();
+        let (host, host_ok) = request_host(&parts);
+
+        let route = state
+            .routes
+            .find(host, parts.uri.path())
+            .ok_or(ProxyError::NoRoute)?;
+        ex.route = Some(route.clone());
+        if !route.methods.contains(&parts.method) {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        if !host_ok {
+            return Err(ProxyError::BadHost);
+        }
+        let signature = verify::signature_from_headers(&parts.headers, &route.signature_header)
+            .map_err(ProxyError::Signature)?;
+        if body.size_hint().lower() > route.max_body_bytes {
+            return Err(ProxyError::ContentLengthTooLarge);
+        }
+
+        let mut verifier = route.key.verifier();
+        let deadline = started + route.request_timeout;
+        let frames = body::read_verified(&mut body, &mut verifier, route.max_body_bytes, deadline)
+            .await
+            .map_err(ProxyError::Body)?;
+        ex.body_done = true;
+        ex.body_bytes = frames.len();
+        verifier.finish(&signature).map_err(ProxyError::Signature)?;
+
+        let uri = upstream_uri(route, &parts.uri).map_err(ProxyError::UpstreamUri)?;
+        // The Host field's value is shared, not copied; HTTP/2 has :authority instead.
+        let host_value = match parts.headers.get(header::HOST) {
+            Some(v) => Some(v.clone()),
+            None => host.and_then(|h| HeaderValue::from_str(h).ok()),
+        };
+        let forwarding = route.forwarded_headers.then(|| Forwarding {
+            peer: conn.peer.ip(),
+            trusted: state
+                .config
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&conn.peer.ip())),
+            proto: conn.proto,
+            host: host_value,
+        });
+        let authority = parts.uri.authority().map(|a| a.as_str());
+        let headers = headers::upstream_request_headers(
+            parts.headers,
+            &route.signature_header,
+            forwarding,
+            authority,
+            frames.len(),
+        );
+        let mut upstream_req = Request::new(frames.into_body());
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = headers;
+
+        let sent = Instant::now();
+        let response = tokio::time::timeout(route.upstream_timeout, self.client.request(upstream_req))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(ProxyError::Upstream)?;
+        ex.upstream_time = Some(sent.elapsed());
+
+        let (mut parts, body) = response.into_parts();
+        parts.headers = headers::client_response_headers(parts.headers);
+        Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+    }
+}
+
+/// The host a request is for, and whether its Host is acceptable: HTTP/1.1
+/// needs exactly one valid Host (RFC 9112 §3.2); HTTP/1.0 may omit it;
+/// HTTP/2 carries it as `:authority` (or Host).
+fn request_host(parts: &Parts) -> (Option<&str>, bool) {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    let duplicated = hosts.next().is_some();
+    let from_header = first.and_then(|v| v.to_str().ok()).filter(|h| valid_host(h));
+    let host = from_header.or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    let ok = !duplicated
+        && match (parts.version, first) {
+            (_, Some(_)) => from_header.is_some(),
+            (Version::HTTP_11, None) => false,
+            (Version::HTTP_2 | Version::HTTP_3, None) => host.is_some(),
+            (_, None) => true,
+        };
+    (host, ok)
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty() && h.parse::<http::uri::Authority>().is_ok_and(|a| a.as_str() == h && !h.contains('@'))
+}
+
+/// The upstream URI: the route's origin plus the request's path and query,
+/// or the route's fixed path plus the request's query.
+fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, http::Error> {
+    let path_and_query = match (&route.upstream.fixed_path, uri.query()) {
+        (None, _) => uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        (Some(fixed), None) => fixed.clone(),
+        (Some(fixed), Some(query)) => {
+            PathAndQuery::try_from(format!("{}?{query}", fixed.path())).map_err(http::Error::from)?
+        }
+    };
+    Uri::builder()
+        .scheme(UriScheme::HTTP)
+        .authority(route.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+}
+
+/// A response the gateway writes itself: short `text/plain` naming only the
+/// status, never which check failed (that goes to the log).
+fn synthetic(
+    status: StatusCode,
+    err: &ProxyError,
+    route: Option<&Route>,
+    close: bool,
+) -> Response<ResponseBody> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(ResponseBody::Full(Some(Bytes::from(text))));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let (ProxyError::MethodNotAllowed, Some(route)) = (err, route) {
+        h.insert(header::ALLOW, route.allow.clone());
+    }
+    if close {
+        // Unread body bytes must never be parsed as the next request.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A response body: the upstream's, streamed, or the gateway's own.
+pub enum ResponseBody {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Full(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// Needed by hyper's service bound; the handler itself cannot fail.
+pub type HandlerResult = Result<Response<ResponseBody>, Infallible>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the status and outcome of every error the request path can
+    /// produce (SPEC §2).
+    #[test]
+    fn status_table() {
+        let timeout_err = {
+            // A real client error value for the Upstream variant.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let client: UpstreamClient =
+                    Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                drop(listener);
+                let req = Request::post(format!("http://{addr}/"))
+                    .body(body::Frames::default().into_body())
+                    .unwrap();
+                client.request(req).await.unwrap_err()
+            })
+        };
+        let uri_err = Uri::builder().scheme("http").build().unwrap_err();
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (ProxyError::NoRoute, 404, "unmatched"),
+            (ProxyError::MethodNotAllowed, 405, "method_not_allowed"),
+            (ProxyError::BadHost, 400, "bad_request"),
+            (ProxyError::Signature(VerifyError::Missing), 401, "signature_missing"),
+            (ProxyError::Signature(VerifyError::Duplicated), 401, "signature_invalid"),
+            (ProxyError::Signature(VerifyError::WrongLength), 401, "signature_invalid"),
+            (ProxyError::Signature(VerifyError::NotHex), 401, "signature_invalid"),
+            (ProxyError::Signature(VerifyError::Mismatch), 401, "signature_invalid"),
+            (ProxyError::ContentLengthTooLarge, 413, "body_too_large"),
+            (ProxyError::Body(BodyError::TooLarge), 413, "body_too_large"),
+            (ProxyError::Body(BodyError::Timeout), 408, "timeout"),
+            (ProxyError::Body(BodyError::Read("x".into())), 400, "bad_request"),
+            (ProxyError::Upstream(timeout_err), 502, "upstream_error"),
+            (ProxyError::UpstreamUri(uri_err), 502, "upstream_error"),
+            (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+        ];
+        for (err, status, outcome) in cases {
+            let (s, o) = err.classify();
+            assert_eq!((s.as_u16(), o.as_str()), (status, outcome), "{err:?}");
+        }
+    }
+}

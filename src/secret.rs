@@ -1,0 +1,291 @@
+//! Where a route's secret comes from, and the secret itself.
+//!
+//! Secrets are never written inline in the config (the sender's own advice):
+//! a route names an environment variable, a file, or a systemd credential.
+//! Nothing here ever formats a secret's bytes: errors name the source, and
+//! `Debug` on [`Secret`] prints `Secret(..)`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// Access to the process environment, injectable so tests never call
+/// `std::env::set_var`.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<OsString>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
+    }
+}
+
+impl<S: std::hash::BuildHasher> Environment for std::collections::HashMap<String, String, S> {
+    fn var(&self, name: &str) -> Option<OsString> {
+        self.get(name).map(OsString::from)
+    }
+}
+
+/// `secret = { env = "VAR" } | { file = "/path" } | { credential = "name" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+    Credential(String),
+}
+
+/// The secret's bytes, used as the HMAC key exactly as stored.
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Why a secret could not be loaded. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret env var {0} is not set; export it or use secret = {{ file = \"...\" }}")]
+    EnvMissing(String),
+    #[error("secret env var {0} is empty; set it to the webhook secret")]
+    EnvEmpty(String),
+    #[error("secret file {path}: {source}; check the path and that hookgate may read it")]
+    FileUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret file {0} is empty; write the webhook secret into it")]
+    FileEmpty(PathBuf),
+    #[error("secret credential {0:?}: CREDENTIALS_DIRECTORY is not set; credentials come from systemd LoadCredential=, use env or file outside systemd")]
+    NoCredentialsDirectory(String),
+    #[error("secret credential name {0:?} is not a plain file name; use the name given to LoadCredential=")]
+    BadCredentialName(String),
+}
+
+impl SecretSource {
+    /// Reads the secret. A trailing newline in a file (as `echo` writes) is
+    /// not part of the secret.
+    pub fn load(&self, env: &dyn Environment) -> Result<Secret, SecretError> {
+        match self {
+            SecretSource::Env(name) => {
+                let value = env
+                    .var(name)
+                    .ok_or_else(|| SecretError::EnvMissing(name.clone()))?;
+                let bytes = os_bytes(value);
+                if bytes.is_empty() {
+                    return Err(SecretError::EnvEmpty(name.clone()));
+                }
+                Ok(Secret(bytes))
+            }
+            SecretSource::File(path) => read_secret_file(path),
+            SecretSource::Credential(name) => {
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    return Err(SecretError::BadCredentialName(name.clone()));
+                }
+                let dir = env
+                    .var("CREDENTIALS_DIRECTORY")
+                    .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
+                read_secret_file(&Path::new(&dir).join(name))
+            }
+        }
+    }
+
+    /// Short description for messages: never the secret, only where it lives.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Env(n) => format!("env {n}"),
+            SecretSource::File(p) => format!("file {}", p.display()),
+            SecretSource::Credential(n) => format!("credential {n}"),
+        }
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
+    let mut bytes = std::fs::read(path).map_err(|source| SecretError::FileUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(SecretError::FileEmpty(path.to_path_buf()));
+    }
+    Ok(Secret(bytes))
+}
+
+#[cfg(unix)]
+fn os_bytes(value: OsString) -> Vec<u8> {
+    std::os::unix::ffi::OsStringExt::into_vec(value)
+}
+
+#[cfg(not(unix))]
+fn os_bytes(value: OsString) -> Vec<u8> {
+    value.to_string_lossy().into_owned().into_bytes()
+}
+
+const SECRET_SHAPE: &str =
+    "secret = { env = \"VAR\" }, { file = \"/path\" } or { credential = \"name\" }";
+
+/// Deserialised by hand so that a secret written inline (`secret = "..."`)
+/// is refused with a message that does not repeat the value.
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SourceVisitor)
+    }
+}
+
+struct SourceVisitor;
+
+fn inline<E: de::Error>() -> E {
+    E::custom(format!(
+        "inline secrets are not allowed; write {SECRET_SHAPE}"
+    ))
+}
+
+impl<'de> Visitor<'de> for SourceVisitor {
+    type Value = SecretSource;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(SECRET_SHAPE)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretSource, E> {
+        Err(inline())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<SecretSource, E> {
+        Err(inline())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<SecretSource, E> {
+        Err(inline())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<SecretSource, E> {
+        Err(inline())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<SecretSource, E> {
+        Err(inline())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<SecretSource, A::Error> {
+        Err(inline())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretSource, A::Error> {
+        let mut found: Option<SecretSource> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let value: String = map.next_value().map_err(|_: A::Error| {
+                de::Error::custom(format!("secret.{key} must be a string; write {SECRET_SHAPE}"))
+            })?;
+            let source = match key.as_str() {
+                "env" => SecretSource::Env(value),
+                "file" => SecretSource::File(PathBuf::from(value)),
+                "credential" => SecretSource::Credential(value),
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "unknown secret source `{other}`; write {SECRET_SHAPE}"
+                    )))
+                }
+            };
+            if found.is_some() {
+                return Err(de::Error::custom(format!(
+                    "secret names more than one source; write exactly one of {SECRET_SHAPE}"
+                )));
+            }
+            found = Some(source);
+        }
+        found.ok_or_else(|| de::Error::custom(format!("secret is empty; write {SECRET_SHAPE}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[derive(Deserialize)]
+    struct Holder {
+        secret: SecretSource,
+    }
+
+    fn parse(text: &str) -> Result<SecretSource, String> {
+        toml::from_str::<Holder>(text)
+            .map(|h| h.secret)
+            .map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn sources_parse() {
+        assert_eq!(parse(r#"secret = { env = "A" }"#), Ok(SecretSource::Env("A".into())));
+        assert_eq!(
+            parse(r#"secret = { file = "/x" }"#),
+            Ok(SecretSource::File("/x".into()))
+        );
+        assert_eq!(
+            parse(r#"secret = { credential = "c" }"#),
+            Ok(SecretSource::Credential("c".into()))
+        );
+    }
+
+    #[test]
+    fn inline_secret_is_refused_without_echo() {
+        let err = parse(r#"secret = "hunter2-canary""#).unwrap_err();
+        assert!(err.contains("inline secrets are not allowed"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse(r#"secret = { inline = "hunter2-canary" }"#).unwrap_err();
+        assert!(err.contains("unknown secret source `inline`"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse(r#"secret = { env = "A", file = "/b" }"#).unwrap_err();
+        assert!(err.contains("more than one source"), "{err}");
+    }
+
+    #[test]
+    fn env_and_file_loading() {
+        let env: HashMap<String, String> = [("S".to_string(), "s3cret".to_string())].into();
+        let s = SecretSource::Env("S".into()).load(&env).unwrap();
+        assert_eq!(s.as_bytes(), b"s3cret");
+        assert_eq!(format!("{s:?}"), "Secret(..)");
+        let err = SecretSource::Env("NOPE".into()).load(&env).unwrap_err();
+        assert!(err.to_string().contains("NOPE is not set"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let s = SecretSource::File(path.clone()).load(&env).unwrap();
+        assert_eq!(s.as_bytes(), b"from-file");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            SecretSource::File(path).load(&env),
+            Err(SecretError::FileEmpty(_))
+        ));
+
+        std::fs::write(dir.path().join("cred"), "c-value").unwrap();
+        let env: HashMap<String, String> = [(
+            "CREDENTIALS_DIRECTORY".to_string(),
+            dir.path().display().to_string(),
+        )]
+        .into();
+        let s = SecretSource::Credential("cred".into()).load(&env).unwrap();
+        assert_eq!(s.as_bytes(), b"c-value");
+        assert!(matches!(
+            SecretSource::Credential("../cred".into()).load(&env),
+            Err(SecretError::BadCredentialName(_))
+        ));
+    }
+}
