@@ -1,0 +1,390 @@
+//! Test harness: a real gateway on 127.0.0.1:0, a recording upstream that
+//! captures exactly what reached it on the wire, and raw/hyper clients.
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hookgate::config::Config;
+use hookgate::proxy::{Proxy, State};
+use hookgate::verify::Key;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+pub const SECRET_A: &str = "whsec-test-a-0123456789abcdef";
+pub const SECRET_B: &str = "whsec-test-b-fedcba9876543210";
+
+pub fn env() -> HashMap<String, String> {
+    [
+        ("SECRET_A".to_string(), SECRET_A.to_string()),
+        ("SECRET_B".to_string(), SECRET_B.to_string()),
+    ]
+    .into()
+}
+
+/// Hex HMAC-SHA256 of `body`, computed independently of the gateway's
+/// verify path (hmac + sha2 directly).
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Silences unused-import lints in crates that only use `sign`.
+pub fn gateway_key(secret: &str) -> Key {
+    Key::new(secret.as_bytes())
+}
+
+// ---------------------------------------------------------------------------
+// Recording upstream.
+
+/// One request as the upstream saw it on the wire.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    /// Header fields in wire order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n == name).count()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// Answer 201 with a small JSON body and an `x-upstream` header.
+    Respond,
+    /// Read the request, never answer.
+    Hang,
+    /// Answer after a delay.
+    Delay(Duration),
+}
+
+pub const UPSTREAM_BODY: &[u8] = br#"{"received":true}"#;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Upstream {
+    pub async fn start(behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let log = log.clone();
+                tokio::spawn(serve_upstream_conn(stream, log, behaviour));
+            }
+        });
+        Upstream { addr, requests }
+    }
+
+    pub fn received(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+async fn serve_upstream_conn(
+    mut stream: TcpStream,
+    log: Arc<Mutex<Vec<Recorded>>>,
+    behaviour: Behaviour,
+) {
+    let mut buf = Vec::new();
+    loop {
+        // Read until a full request head is buffered.
+        let (head_len, mut rec, content_length) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 128];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let headers: Vec<(String, String)> = req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let cl = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+                let rec = Recorded {
+                    method: req.method.unwrap().to_string(),
+                    target: req.path.unwrap().to_string(),
+                    headers,
+                    body: Vec::new(),
+                };
+                break (n, rec, cl);
+            }
+            let mut chunk = [0u8; 16384];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        buf.drain(..head_len);
+        while buf.len() < content_length {
+            let mut chunk = vec![0u8; 65536];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        rec.body = buf.drain(..content_length).collect();
+        log.lock().unwrap().push(rec);
+        match behaviour {
+            Behaviour::Hang => {
+                // Keep the socket open and silent until the peer goes away.
+                let mut sink = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+                return;
+            }
+            Behaviour::Delay(d) => tokio::time::sleep(d).await,
+            Behaviour::Respond => {}
+        }
+        let head = format!(
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nx-upstream: recorder\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n",
+            UPSTREAM_BODY.len()
+        );
+        if stream.write_all(head.as_bytes()).await.is_err()
+            || stream.write_all(UPSTREAM_BODY).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gateway.
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts the gateway on `config` (TOML text) with the test env.
+    pub async fn start(config: &str) -> Gateway {
+        let config = Config::from_toml_str(config, Path::new("test.toml"), &env())
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = Arc::new(Proxy::new(State::new(config)));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(hookgate::server::serve(listener, proxy.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Gateway {
+            addr,
+            proxy,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Triggers shutdown and waits for `serve` to return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// A config with route "a" (SECRET_A) on /webhooks/a and route "b"
+/// (SECRET_B) on /webhooks/b, both to `upstream`; `extra` is appended to
+/// route "a".
+pub fn two_routes(upstream: SocketAddr, extra_a: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_timeout = "5s"
+
+[limits]
+request_timeout = "2s"
+upstream_timeout = "2s"
+
+[[route]]
+name = "a"
+path = "/webhooks/a"
+upstream = "http://{upstream}"
+secret = {{ env = "SECRET_A" }}
+{extra_a}
+
+[[route]]
+name = "b"
+path = "/webhooks/b"
+upstream = "http://{upstream}"
+secret = {{ env = "SECRET_B" }}
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1 client: full control over what goes on the wire.
+
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Status line and header fields as received.
+    pub head: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response (head + Content-Length or chunked body) from `stream`.
+pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let (n, status, headers) = loop {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut hs);
+        if let Ok(httparse::Status::Complete(n)) = resp.parse(&buf) {
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            break (n, resp.code.unwrap(), headers);
+        }
+        let mut chunk = [0u8; 8192];
+        let got = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("response head not received within 10s")
+            .unwrap();
+        assert!(got > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..got]);
+    };
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let mut rest = buf[n..].to_vec();
+    let cl = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse::<usize>().unwrap());
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if let Some(cl) = cl {
+        while rest.len() < cl {
+            let mut chunk = [0u8; 8192];
+            let got = stream.read(&mut chunk).await.unwrap();
+            assert!(got > 0, "closed mid-body");
+            rest.extend_from_slice(&chunk[..got]);
+        }
+        rest.truncate(cl);
+        rest
+    } else if chunked {
+        loop {
+            if rest.windows(5).any(|w| w == b"0\r\n\r\n") {
+                break;
+            }
+            let mut chunk = [0u8; 8192];
+            let got = stream.read(&mut chunk).await.unwrap();
+            assert!(got > 0, "closed mid-chunked-body");
+            rest.extend_from_slice(&chunk[..got]);
+        }
+        dechunk(&rest)
+    } else {
+        Vec::new()
+    };
+    RawResponse {
+        status,
+        head,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Sends `request` bytes on a new connection and reads one response.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> (RawResponse, TcpStream) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let response = read_response(&mut stream).await;
+    (response, stream)
+}
+
+/// True when the server closes the connection (EOF or reset) within 5 s.
+pub async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A signed POST with the given extra header lines (each ending in \r\n).
+pub fn post(path: &str, signature: Option<&str>, body: &[u8], extra: &str) -> Vec<u8> {
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: hooks.test\r\nContent-Type: application/json\r\n");
+    if let Some(sig) = signature {
+        req.push_str(&format!("X-Adsumo-Signature: {sig}\r\n"));
+    }
+    req.push_str(extra);
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
