@@ -142,7 +142,11 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            Poll::Ready(self.0.next().map(|c| Ok(Frame::data(Bytes::from_static(c)))))
+            Poll::Ready(
+                self.0
+                    .next()
+                    .map(|c| Ok(Frame::data(Bytes::from_static(c)))),
+            )
         }
     }
 

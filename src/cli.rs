@@ -13,7 +13,11 @@ use crate::secret::{Environment, ProcessEnv};
 use crate::verify::Key;
 
 #[derive(Debug, Parser)]
-#[command(name = "hookgate", version, about = "Forwards only webhooks whose HMAC signature is valid")]
+#[command(
+    name = "hookgate",
+    version,
+    about = "Forwards only webhooks whose HMAC signature is valid"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -77,7 +81,9 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn sign(var: &str, file: Option<PathBuf>) -> ExitCode {
     let Some(secret) = ProcessEnv.var(var).filter(|v| !v.is_empty()) else {
-        eprintln!("hookgate sign: env var {var} is not set or empty; export the webhook secret in it");
+        eprintln!(
+            "hookgate sign: env var {var} is not set or empty; export the webhook secret in it"
+        );
         return ExitCode::FAILURE;
     };
     let mut body = Vec::new();
@@ -105,7 +111,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -125,6 +134,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             }
         };
         let routes = config.routes.len();
+        let listen = listener.local_addr().unwrap_or(listen);
         let proxy = Arc::new(Proxy::new(State::new(config)));
         tracing::info!(%listen, routes, version = env!("CARGO_PKG_VERSION"), "hookgate serving");
         crate::server::serve(listener, proxy, crate::lifecycle::stop_signal()).await;

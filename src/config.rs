@@ -229,15 +229,15 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn at(&self, span: Range<usize>) -> String {
+        format!("{}:{}", self.origin, self.line_col(span))
+    }
+
+    fn line_col(&self, span: Range<usize>) -> String {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
-        let col = before
-            .rsplit('\n')
-            .next()
-            .map_or(0, |l| l.chars().count())
-            + 1;
-        format!("{}:{line}:{col}", self.origin)
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("{line}:{col}")
     }
 
     fn add(&mut self, span: Range<usize>, message: impl Into<String>) {
@@ -377,10 +377,10 @@ fn build(
         let raw_route = raw_route.into_inner();
         let name = raw_route.name.get_ref().clone();
         if let Some(first) = names.get(&name) {
-            let first_at = r.at(first.clone());
+            let first_at = r.line_col(first.clone());
             r.add(
                 raw_route.name.span(),
-                format!("route {name:?}: duplicate route name (first defined at {first_at}); give each route a unique name"),
+                format!("route {name:?}: duplicate route name (first defined at line:column {first_at}); give each route a unique name"),
             );
         } else {
             names.insert(name.clone(), raw_route.name.span());
@@ -435,18 +435,21 @@ fn build_route(
     if !name_ok {
         r.add(
             raw.name.span(),
-            format!("{route_ctx}: name must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+            format!(
+                "{route_ctx}: name must be 1-64 characters of letters, digits, '-', '_' or '.'"
+            ),
         );
     }
 
     let path = raw.path.get_ref();
-    let path_ok = path.starts_with('/')
-        && !path.contains(['?', '#'])
-        && path.parse::<PathAndQuery>().is_ok();
+    let path_ok =
+        path.starts_with('/') && !path.contains(['?', '#']) && path.parse::<PathAndQuery>().is_ok();
     if !path_ok {
         r.add(
             raw.path.span(),
-            format!("{route_ctx}: path {path:?} must start with '/' and contain no spaces, '?' or '#'"),
+            format!(
+                "{route_ctx}: path {path:?} must start with '/' and contain no spaces, '?' or '#'"
+            ),
         );
     }
 
@@ -467,7 +470,10 @@ fn build_route(
     });
 
     let upstream = parse_upstream(raw.upstream.get_ref()).map_err(|why| {
-        r.add(raw.upstream.span(), format!("{route_ctx}: upstream {:?} {why}", raw.upstream.get_ref()));
+        r.add(
+            raw.upstream.span(),
+            format!("{route_ctx}: upstream {:?} {why}", raw.upstream.get_ref()),
+        );
     });
 
     let scheme = match &raw.scheme {
@@ -475,7 +481,10 @@ fn build_route(
         Some(s) => Scheme::from_name(s.get_ref()).or_else(|| {
             r.add(
                 s.span(),
-                format!("{route_ctx}: unknown scheme {:?}; the supported scheme is \"adsumo\"", s.get_ref()),
+                format!(
+                    "{route_ctx}: unknown scheme {:?}; the supported scheme is \"adsumo\"",
+                    s.get_ref()
+                ),
             );
             None
         }),
@@ -485,7 +494,10 @@ fn build_route(
         None => vec![Method::POST],
         Some(list) => {
             if list.get_ref().is_empty() {
-                r.add(list.span(), format!("{route_ctx}: methods is empty; list at least one, e.g. [\"POST\"]"));
+                r.add(
+                    list.span(),
+                    format!("{route_ctx}: methods is empty; list at least one, e.g. [\"POST\"]"),
+                );
             }
             let mut out = Vec::new();
             for m in list.get_ref() {
@@ -560,9 +572,9 @@ fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
         .map_err(|_| "is not a URL; write e.g. \"http://127.0.0.1:3000\"")?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err("uses https, which is not supported for upstreams; point it at a local http:// service")
-        }
+        Some("https") => return Err(
+            "uses https, which is not supported for upstreams; point it at a local http:// service",
+        ),
         _ => return Err("must start with http://, e.g. \"http://127.0.0.1:3000\""),
     }
     let authority = uri
@@ -675,7 +687,10 @@ secret = { env = "S" }
         assert!(parse_upstream("http://h:1").unwrap().fixed_path.is_none());
         assert!(parse_upstream("http://h:1/").unwrap().fixed_path.is_none());
         assert_eq!(
-            parse_upstream("http://h:1/in/a").unwrap().fixed_path.unwrap(),
+            parse_upstream("http://h:1/in/a")
+                .unwrap()
+                .fixed_path
+                .unwrap(),
             "/in/a"
         );
         assert!(parse_upstream("https://h").is_err());

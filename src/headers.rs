@@ -94,7 +94,9 @@ pub fn upstream_request_headers(
         if let Some(name) = name {
             current = Some(name);
         }
-        let Some(name) = current.as_ref() else { continue };
+        let Some(name) = current.as_ref() else {
+            continue;
+        };
         if is_hop_by_hop(name)
             || name == header::CONTENT_LENGTH
             || name == header::EXPECT
@@ -125,11 +127,19 @@ pub fn upstream_request_headers(
                 (Some(prev), Some(peer)) => Some(join(Some(prev), &peer)),
                 (prev, peer) => peer.or(prev),
             };
-            (xff, xfp.or_else(|| Some(HeaderValue::from_static(f.proto))), xfh.or(f.host))
+            (
+                xff,
+                xfp.or_else(|| Some(HeaderValue::from_static(f.proto))),
+                xfh.or(f.host),
+            )
         } else {
             (peer, Some(HeaderValue::from_static(f.proto)), f.host)
         };
-        for (name, value) in [(&X_FORWARDED_FOR, xff), (&X_FORWARDED_PROTO, xfp), (&X_FORWARDED_HOST, xfh)] {
+        for (name, value) in [
+            (&X_FORWARDED_FOR, xff),
+            (&X_FORWARDED_PROTO, xfp),
+            (&X_FORWARDED_HOST, xfh),
+        ] {
             if let Some(value) = value {
                 out.append(name.clone(), value);
             }
@@ -152,7 +162,9 @@ pub fn client_response_headers(mut upstream: HeaderMap) -> HeaderMap {
         if let Some(name) = name {
             current = Some(name);
         }
-        let Some(name) = current.as_ref() else { continue };
+        let Some(name) = current.as_ref() else {
+            continue;
+        };
         if is_hop_by_hop(name) || named.contains(name) {
             continue;
         }
@@ -182,7 +194,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
@@ -202,7 +217,10 @@ mod tests {
         let host = HeaderValue::from_static("h.example");
         let m = map(&[
             ("host", "h.example"),
-            ("connection", "keep-alive, X-Foo, x-forwarded-for, host, x-adsumo-signature"),
+            (
+                "connection",
+                "keep-alive, X-Foo, x-forwarded-for, host, x-adsumo-signature",
+            ),
             ("x-a", "1"),
             ("x-foo", "gone"),
             ("keep-alive", "timeout=5"),
@@ -242,7 +260,11 @@ mod tests {
 
     #[test]
     fn trusted_peer_is_appended() {
-        let m = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
+        let m = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let out = upstream_request_headers(
             m,
             &sig(),
@@ -269,7 +291,13 @@ mod tests {
 
     #[test]
     fn response_hop_by_hop_removed() {
-        let m = map(&[("x-1", "a"), ("connection", "x-2"), ("x-2", "b"), ("transfer-encoding", "chunked"), ("x-3", "c")]);
+        let m = map(&[
+            ("x-1", "a"),
+            ("connection", "x-2"),
+            ("x-2", "b"),
+            ("transfer-encoding", "chunked"),
+            ("x-3", "c"),
+        ]);
         assert_eq!(
             pairs(&client_response_headers(m)),
             [("x-1", "a"), ("x-3", "c")].map(|(a, b)| (a.to_string(), b.to_string()))

@@ -304,10 +304,11 @@ impl Proxy {
         *upstream_req.headers_mut() = headers;
 
         let sent = Instant::now();
-        let response = tokio::time::timeout(route.upstream_timeout, self.client.request(upstream_req))
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout)?
-            .map_err(ProxyError::Upstream)?;
+        let response =
+            tokio::time::timeout(route.upstream_timeout, self.client.request(upstream_req))
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout)?
+                .map_err(ProxyError::Upstream)?;
         ex.upstream_time = Some(sent.elapsed());
 
         let (mut parts, body) = response.into_parts();
@@ -323,7 +324,9 @@ fn request_host(parts: &Parts) -> (Option<&str>, bool) {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let first = hosts.next();
     let duplicated = hosts.next().is_some();
-    let from_header = first.and_then(|v| v.to_str().ok()).filter(|h| valid_host(h));
+    let from_header = first
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| valid_host(h));
     let host = from_header.or_else(|| parts.uri.authority().map(|a| a.as_str()));
     let ok = !duplicated
         && match (parts.version, first) {
@@ -336,7 +339,9 @@ fn request_host(parts: &Parts) -> (Option<&str>, bool) {
 }
 
 fn valid_host(h: &str) -> bool {
-    !h.is_empty() && h.parse::<http::uri::Authority>().is_ok_and(|a| a.as_str() == h && !h.contains('@'))
+    !h.is_empty()
+        && h.parse::<http::uri::Authority>()
+            .is_ok_and(|a| a.as_str() == h && !h.contains('@'))
 }
 
 /// The upstream URI: the route's origin plus the request's path and query,
@@ -348,9 +353,8 @@ fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, http::Error> {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
         (Some(fixed), None) => fixed.clone(),
-        (Some(fixed), Some(query)) => {
-            PathAndQuery::try_from(format!("{}?{query}", fixed.path())).map_err(http::Error::from)?
-        }
+        (Some(fixed), Some(query)) => PathAndQuery::try_from(format!("{}?{query}", fixed.path()))
+            .map_err(http::Error::from)?,
     };
     Uri::builder()
         .scheme(UriScheme::HTTP)
@@ -375,7 +379,10 @@ fn synthetic(
     let mut response = Response::new(ResponseBody::Full(Some(Bytes::from(text))));
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let (ProxyError::MethodNotAllowed, Some(route)) = (err, route) {
         h.insert(header::ALLOW, route.allow.clone());
     }
@@ -457,15 +464,39 @@ mod tests {
             (ProxyError::NoRoute, 404, "unmatched"),
             (ProxyError::MethodNotAllowed, 405, "method_not_allowed"),
             (ProxyError::BadHost, 400, "bad_request"),
-            (ProxyError::Signature(VerifyError::Missing), 401, "signature_missing"),
-            (ProxyError::Signature(VerifyError::Duplicated), 401, "signature_invalid"),
-            (ProxyError::Signature(VerifyError::WrongLength), 401, "signature_invalid"),
-            (ProxyError::Signature(VerifyError::NotHex), 401, "signature_invalid"),
-            (ProxyError::Signature(VerifyError::Mismatch), 401, "signature_invalid"),
+            (
+                ProxyError::Signature(VerifyError::Missing),
+                401,
+                "signature_missing",
+            ),
+            (
+                ProxyError::Signature(VerifyError::Duplicated),
+                401,
+                "signature_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::WrongLength),
+                401,
+                "signature_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::NotHex),
+                401,
+                "signature_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::Mismatch),
+                401,
+                "signature_invalid",
+            ),
             (ProxyError::ContentLengthTooLarge, 413, "body_too_large"),
             (ProxyError::Body(BodyError::TooLarge), 413, "body_too_large"),
             (ProxyError::Body(BodyError::Timeout), 408, "timeout"),
-            (ProxyError::Body(BodyError::Read("x".into())), 400, "bad_request"),
+            (
+                ProxyError::Body(BodyError::Read("x".into())),
+                400,
+                "bad_request",
+            ),
             (ProxyError::Upstream(timeout_err), 502, "upstream_error"),
             (ProxyError::UpstreamUri(uri_err), 502, "upstream_error"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),

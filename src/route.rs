@@ -38,10 +38,11 @@ impl RouteTable {
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         let entry = self.by_path.get(path)?;
         if let Some(host) = host.map(strip_port) {
-            let by_host = entry
-                .by_host
-                .iter()
-                .find(|r| r.host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(host)));
+            let by_host = entry.by_host.iter().find(|r| {
+                r.host
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
+            });
             if by_host.is_some() {
                 return by_host;
             }
@@ -53,7 +54,9 @@ impl RouteTable {
 /// "example.com:8443" → "example.com"; "[::1]:80" → "[::1]".
 fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+        Some(i)
+            if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
             &host[..i]
         }
         _ => host,

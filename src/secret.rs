@@ -191,7 +191,9 @@ impl<'de> Visitor<'de> for SourceVisitor {
         let mut found: Option<SecretSource> = None;
         while let Some(key) = map.next_key::<String>()? {
             let value: String = map.next_value().map_err(|_: A::Error| {
-                de::Error::custom(format!("secret.{key} must be a string; write {SECRET_SHAPE}"))
+                de::Error::custom(format!(
+                    "secret.{key} must be a string; write {SECRET_SHAPE}"
+                ))
             })?;
             let source = match key.as_str() {
                 "env" => SecretSource::Env(value),
@@ -232,7 +234,10 @@ mod tests {
 
     #[test]
     fn sources_parse() {
-        assert_eq!(parse(r#"secret = { env = "A" }"#), Ok(SecretSource::Env("A".into())));
+        assert_eq!(
+            parse(r#"secret = { env = "A" }"#),
+            Ok(SecretSource::Env("A".into()))
+        );
         assert_eq!(
             parse(r#"secret = { file = "/x" }"#),
             Ok(SecretSource::File("/x".into()))

@@ -75,7 +75,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { peer, proto: "http" };
+        let conn = ConnInfo {
+            peer,
+            proto: "http",
+        };
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();

@@ -141,7 +141,10 @@ mod tests {
 
     #[test]
     fn sign_matches_rfc4231_vector() {
-        assert_eq!(hex::encode(Key::new(RFC4231_KEY).sign(RFC4231_DATA)), RFC4231_MAC);
+        assert_eq!(
+            hex::encode(Key::new(RFC4231_KEY).sign(RFC4231_DATA)),
+            RFC4231_MAC
+        );
     }
 
     #[test]
@@ -196,7 +199,10 @@ mod tests {
         h.append(&name, RFC4231_MAC.parse().unwrap());
         assert!(signature_from_headers(&h, &name).is_ok());
         h.append(&name, RFC4231_MAC.parse().unwrap());
-        assert_eq!(signature_from_headers(&h, &name), Err(VerifyError::Duplicated));
+        assert_eq!(
+            signature_from_headers(&h, &name),
+            Err(VerifyError::Duplicated)
+        );
     }
 
     #[test]

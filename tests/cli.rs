@@ -1,0 +1,250 @@
+//! The `hookgate` binary: `check` on good and broken configs, `sign`, and
+//! `run` serving a webhook then stopping cleanly on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookgate");
+
+fn check(dir: &Path, config: &str) -> (i32, String, String) {
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_clear()
+        .env("SECRET_A", SECRET_A)
+        .env("EMPTY", "")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+const GOOD: &str = r#"[server]
+listen = "127.0.0.1:8080"
+
+[[route]]
+name = "a"
+path = "/hooks/a"
+upstream = "http://127.0.0.1:3000"
+secret = { env = "SECRET_A" }
+"#;
+
+/// Each broken config is refused with exit 1 and a one-line message naming
+/// file:line:col (and the route) and saying what to do. No message ever
+/// contains a secret value.
+#[test]
+fn broken_configs_each_get_their_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_file = dir.path().join("nope");
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("unknown key", GOOD.replace("upstream =", "uptream ="), "hookgate.toml:7:1: unknown field `uptream`, expected one of"),
+        ("unknown section", format!("{GOOD}\n[extra]\nx = 1\n"), "hookgate.toml:10:2: unknown field `extra`"),
+        ("bad TOML", GOOD.replace("name = \"a\"", "name = \"a"), "hookgate.toml:5:"),
+        ("missing env", GOOD.replace("SECRET_A", "NOT_SET_VAR"), "hookgate.toml:8:10: route \"a\": secret env var NOT_SET_VAR is not set; export it or use secret = { file = \"...\" }"),
+        ("empty env", GOOD.replace("SECRET_A", "EMPTY"), "route \"a\": secret env var EMPTY is empty"),
+        ("missing secret file", GOOD.replace("{ env = \"SECRET_A\" }", &format!("{{ file = \"{}\" }}", missing_file.display())), "route \"a\": secret file"),
+        ("credential outside systemd", GOOD.replace("{ env = \"SECRET_A\" }", "{ credential = \"a\" }"), "CREDENTIALS_DIRECTORY is not set"),
+        ("inline secret", GOOD.replace("{ env = \"SECRET_A\" }", "\"canary-inline-secret\""), "hookgate.toml:8:10: inline secrets are not allowed"),
+        ("two secret sources", GOOD.replace("{ env = \"SECRET_A\" }", "{ env = \"SECRET_A\", file = \"/x\" }"), "secret names more than one source"),
+        ("https upstream", GOOD.replace("http://127", "https://127"), "route \"a\": upstream \"https://127.0.0.1:3000\" uses https, which is not supported"),
+        ("upstream not a URL", GOOD.replace("http://127.0.0.1:3000", "127.0.0.1 3000"), "route \"a\": upstream \"127.0.0.1 3000\" is not a URL"),
+        ("upstream with query", GOOD.replace("http://127.0.0.1:3000", "http://127.0.0.1:3000/x?y=1"), "must not contain a query"),
+        ("path without slash", GOOD.replace("\"/hooks/a\"", "\"hooks/a\""), "route \"a\": path \"hooks/a\" must start with '/'"),
+        ("bad name", GOOD.replace("name = \"a\"", "name = \"a b\""), "hookgate.toml:5:8: route \"a b\": name must be 1-64 characters"),
+        ("bad method", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nmethods = [\"post\"]"), "method \"post\" is not an upper-case HTTP method"),
+        ("bad scheme", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nscheme = \"github\""), "unknown scheme \"github\"; the supported scheme is \"adsumo\""),
+        ("bad host", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nhost = \"https://x.test/\""), "must be a bare host name"),
+        ("bad listen", GOOD.replace("127.0.0.1:8080", "localhost:8080"), "hookgate.toml:2:10: server.listen: \"localhost:8080\" is not an IP:port address"),
+        ("bad duration", GOOD.replace("[server]", "[limits]\nrequest_timeout = \"10\"\n[server]"), "hookgate.toml:2:19: limits.request_timeout: \"10\" is not a duration"),
+        ("zero duration", GOOD.replace("[server]", "[limits]\nupstream_timeout = \"0s\"\n[server]"), "limits.upstream_timeout must be greater than zero"),
+        ("bad CIDR", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.0/33\"]"), "server.trusted_proxies: \"10.0.0.0/33\" is not an IP address or CIDR"),
+        ("no routes", "[server]\nlisten = \"127.0.0.1:1\"\n".to_string(), "no [[route]] is configured"),
+        ("duplicate name", format!("{GOOD}\n[[route]]\nname = \"a\"\npath = \"/hooks/b\"\nupstream = \"http://127.0.0.1:3000\"\nsecret = {{ env = \"SECRET_A\" }}\n"), "hookgate.toml:11:8: route \"a\": duplicate route name (first defined at line:column 5:8)"),
+        ("duplicate path", format!("{GOOD}\n[[route]]\nname = \"b\"\npath = \"/hooks/a\"\nupstream = \"http://127.0.0.1:3000\"\nsecret = {{ env = \"SECRET_A\" }}\n"), "route \"b\": another route already serves path \"/hooks/a\" on any host"),
+        ("missing listen", GOOD.replace("listen = \"127.0.0.1:8080\"\n", ""), "missing field `listen`"),
+    ];
+    for (what, config, want) in cases {
+        let (code, stdout, stderr) = check(dir.path(), &config);
+        assert_eq!(code, 1, "{what}: exit code; stderr: {stderr}");
+        assert!(stdout.is_empty(), "{what}: stdout {stdout}");
+        assert!(stderr.contains(want), "{what}: want {want:?} in:\n{stderr}");
+        assert!(
+            !stderr.contains("canary") && !stderr.contains(SECRET_A),
+            "{what}: leaked"
+        );
+        for line in stderr.lines() {
+            assert!(
+                line.starts_with(&dir.path().join("hookgate.toml").display().to_string()),
+                "{what}: line without file: {line}"
+            );
+        }
+    }
+}
+
+/// All problems are reported in one run, one line each.
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = GOOD
+        .replace("127.0.0.1:8080", "nowhere")
+        .replace("SECRET_A", "UNSET")
+        .replace("http://127.0.0.1:3000", "ftp://x");
+    let (code, _, stderr) = check(dir.path(), &config);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+}
+
+/// A missing config file is one clear line.
+#[test]
+fn missing_config_file() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/hookgate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("/nonexistent/hookgate.toml: cannot read config"),
+        "{stderr}"
+    );
+}
+
+/// The shipped example config passes `check` once its env var is set.
+#[test]
+fn example_config_passes_check() {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
+        .env("ADSUMO_PROD_WEBHOOK_SECRET", "example-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("configuration OK (1 route)"));
+}
+
+/// `sign` prints the RFC 4231 test case 2 HMAC-SHA256, from a file and from
+/// stdin.
+#[test]
+fn sign_matches_known_answer() {
+    const WANT: &str = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body");
+    std::fs::write(&body, "what do ya want for nothing?").unwrap();
+    let out = Command::new(BIN)
+        .args(["sign", "--secret-env", "K"])
+        .arg(&body)
+        .env("K", "Jefe")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), WANT);
+
+    let mut child = Command::new(BIN)
+        .args(["sign", "--secret-env", "K", "-"])
+        .env("K", "Jefe")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"what do ya want for nothing?")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), WANT);
+
+    let out = Command::new(BIN)
+        .args(["sign", "--secret-env", "UNSET_VAR"])
+        .arg(&body)
+        .env_remove("UNSET_VAR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("UNSET_VAR is not set"));
+}
+
+/// `hookgate --version` prints the crate version.
+#[test]
+fn version_flag() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("hookgate {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `run` serves a signed webhook, then SIGTERM stops it with exit 0.
+#[tokio::test]
+async fn run_serves_then_stops_on_sigterm() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace("127.0.0.1:8080", "127.0.0.1:0")
+            .replace("127.0.0.1:3000", &upstream.addr.to_string()),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&path)
+        .env("SECRET_A", SECRET_A)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The gateway logs its bound address once it is listening.
+    let addr: std::net::SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("gateway exited before listening")
+            .unwrap();
+        if line.contains("hookgate serving") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            break v["listen"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    let body = b"{\"event\":\"generation.completed\"}";
+    let (resp, _) = raw(
+        addr,
+        &post("/hooks/a", Some(&sign(SECRET_A, body)), body, ""),
+    )
+    .await;
+    assert_eq!(resp.status, 201);
+    assert_eq!(upstream.count(), 1);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("hookgate stopped")),
+        "{rest:?}"
+    );
+}
