@@ -7,9 +7,19 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::net::SocketAddr;
+use std::path::Path;
+
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+
+use crate::admin::{self, Readiness};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::lifecycle::{self, StopSignals};
+use crate::metrics::Metrics;
 use crate::proxy::{Proxy, State};
 use crate::secret::{Environment, ProcessEnv};
+use crate::server;
 use crate::verify::Key;
 
 #[derive(Debug, Parser)]
@@ -102,6 +112,7 @@ fn sign(var: &str, file: Option<PathBuf>) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
+    crate::tls::install_default_provider();
     let config = match Config::load(path, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -122,23 +133,69 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listen = config.server.listen;
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(
-                    "{}: cannot listen on {listen}: {e}; free the port or change server.listen",
-                    path.display()
-                );
-                return ExitCode::FAILURE;
+        match serve_config(path, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                tracing::error!("{message}");
+                ExitCode::FAILURE
             }
-        };
-        let routes = config.routes.len();
-        let listen = listener.local_addr().unwrap_or(listen);
-        let proxy = Arc::new(Proxy::new(State::new(config)));
-        tracing::info!(%listen, routes, version = env!("CARGO_PKG_VERSION"), "hookgate serving");
-        crate::server::serve(listener, proxy, crate::lifecycle::stop_signal()).await;
-        tracing::info!("hookgate stopped");
-        ExitCode::SUCCESS
+        }
     })
+}
+
+async fn bind(addr: SocketAddr, key: &str, path: &Path) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        format!(
+            "{}: cannot listen on {addr} ({key}): {e}; free the port or change {key}",
+            path.display()
+        )
+    })
+}
+
+/// Binds the listeners, serves until SIGTERM/SIGINT, drains, returns.
+async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
+    let stop =
+        StopSignals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let hup =
+        lifecycle::hangup_signal().map_err(|e| format!("cannot install SIGHUP handler: {e}"))?;
+    let listener = bind(config.server.listen, "server.listen", path).await?;
+    let admin_listener = bind(config.admin.listen, "admin.listen", path).await?;
+
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.config_loaded(true);
+    let routes = config.routes.len();
+    let tls = config.server.tls.is_some();
+    let proxy = Arc::new(Proxy::new(State::new(config, &metrics), metrics.clone()));
+    let ready = Arc::new(Readiness::default());
+    let admin = tokio::spawn(admin::serve(admin_listener, metrics.clone(), ready.clone()));
+    let env: Arc<dyn crate::secret::Environment + Send + Sync> = Arc::new(ProcessEnv);
+    let reloader = tokio::spawn(lifecycle::reload_on_sighup(
+        hup,
+        proxy.clone(),
+        path.to_path_buf(),
+        env,
+    ));
+    let watchdog = tokio::spawn(lifecycle::watchdog());
+
+    let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%listen, admin = %admin_addr, routes, tls, version = env!("CARGO_PKG_VERSION"), "hookgate serving");
+    ready.set(true);
+    let status = format!("serving {routes} routes");
+    lifecycle::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+
+    let shutdown = {
+        let ready = ready.clone();
+        async move {
+            stop.recv().await;
+            ready.set(false);
+            lifecycle::notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+        }
+    };
+    server::serve(listener, proxy, shutdown).await;
+    reloader.abort();
+    watchdog.abort();
+    admin.abort();
+    tracing::info!("hookgate stopped");
+    Ok(())
 }

@@ -122,7 +122,14 @@ pub struct Server {
     pub listen: SocketAddr,
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_timeout: Duration,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<Tls>,
+}
+
+/// `[server.tls]`: the files and the rustls config built from them at load.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub files: TlsFiles,
+    pub server_config: Arc<rustls::ServerConfig>,
 }
 
 /// Paths of the PEM files for `[server.tls]`.
@@ -159,6 +166,8 @@ pub struct Upstream {
 /// One `[[route]]`, ready to serve.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in [`Config::routes`] (indexes per-route state such as metrics).
+    pub index: usize,
     pub name: String,
     pub path: String,
     /// Lower-case host without port; `None` matches any host.
@@ -318,9 +327,22 @@ fn build(
         DEFAULT_SHUTDOWN_TIMEOUT,
         r,
     );
-    let tls = raw.server.tls.map(|t| TlsFiles {
-        cert: t.cert.into_inner(),
-        key: t.key.into_inner(),
+    let tls = raw.server.tls.and_then(|t| {
+        let span = t.cert.span();
+        let files = TlsFiles {
+            cert: t.cert.into_inner(),
+            key: t.key.into_inner(),
+        };
+        match crate::tls::load(&files) {
+            Ok(server_config) => Some(Tls {
+                files,
+                server_config,
+            }),
+            Err(e) => {
+                r.add(span, e.to_string());
+                None
+            }
+        }
     });
 
     let admin_listen = match raw.admin.and_then(|a| a.listen) {
@@ -385,7 +407,7 @@ fn build(
         } else {
             names.insert(name.clone(), raw_route.name.span());
         }
-        if let Some(route) = build_route(raw_route, &limits, env, r) {
+        if let Some(route) = build_route(raw_route, routes.len(), &limits, env, r) {
             if !places.insert((route.host.clone(), route.path.clone())) {
                 let host = route.host.as_deref().unwrap_or("any host");
                 r.add(
@@ -418,6 +440,7 @@ fn build(
 
 fn build_route(
     raw: RawRoute,
+    index: usize,
     limits: &Limits,
     env: &dyn Environment,
     r: &mut Report<'_>,
@@ -550,6 +573,7 @@ fn build_route(
     }
     let scheme = scheme?;
     Some(Route {
+        index,
         name,
         path: path.clone(),
         host,

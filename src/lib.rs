@@ -5,8 +5,8 @@
 //!
 //! The request path (SPEC §1) runs through these modules in order:
 //!
-//! - [`server`]: accepts connections, caps them, serves HTTP/1.1 and h2c with
-//!   hyper, drains on shutdown;
+//! - [`server`]: accepts connections, caps them, terminates TLS ([`tls`]),
+//!   serves HTTP/1.1 and HTTP/2 with hyper, drains on shutdown;
 //! - [`proxy`]: the request path top to bottom, and the one mapping from
 //!   errors to statuses and outcomes;
 //! - [`route`]: (host, raw path) → route;
@@ -17,18 +17,22 @@
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
 //!
 //! Around it: [`config`] (TOML → validated config with prepared HMAC keys),
-//! [`secret`] (env/file/credential secrets that never print), [`cli`] and
-//! [`lifecycle`] (signals).
+//! [`secret`] (env/file/credential secrets that never print), [`metrics`]
+//! (Prometheus, handles resolved at load), [`admin`] (`/metrics`, `/healthz`,
+//! `/readyz`), [`cli`] and [`lifecycle`] (signals, reload, systemd notify).
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod headers;
 pub mod lifecycle;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod secret;
 pub mod server;
+pub mod tls;
 pub mod verify;

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme as UriScheme};
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 use crate::body::{self, BodyError, ReplayBody};
 use crate::config::{Config, Route};
 use crate::headers::{self, Forwarding};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::RouteTable;
 use crate::verify::{self, VerifyError};
 
@@ -141,12 +143,23 @@ impl ProxyError {
 pub struct State {
     pub config: Config,
     pub routes: RouteTable,
+    /// Per-route metric handles, indexed by [`Route::index`].
+    route_metrics: Vec<RouteMetrics>,
 }
 
 impl State {
-    pub fn new(config: Config) -> State {
+    pub fn new(config: Config, metrics: &Metrics) -> State {
         let routes = RouteTable::new(&config.routes);
-        State { config, routes }
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| metrics.route(&r.name))
+            .collect();
+        State {
+            config,
+            routes,
+            route_metrics,
+        }
     }
 }
 
@@ -160,26 +173,98 @@ pub struct ConnInfo {
 
 type UpstreamClient = Client<HttpConnector, ReplayBody>;
 
-/// The gateway's request handler: current state plus the pooled upstream
-/// client (shared across reloads so keep-alive connections survive them).
+/// The gateway's request handler: current state plus what outlives a
+/// reload (the pooled upstream client, so keep-alive connections survive,
+/// and the metrics).
 pub struct Proxy {
-    state: Arc<State>,
+    state: ArcSwap<State>,
     client: UpstreamClient,
+    metrics: Arc<Metrics>,
 }
 
-/// What is known about a request as it moves along the path; read by
-/// [`Proxy::handle`] for the response, the log line and metrics.
+/// What is known about a request as it moves along the path. It travels
+/// inside the response body and, when that body is finished (or dropped),
+/// records the metrics and writes the access-log line, so durations cover
+/// the whole response.
 struct Exchange {
+    state: Arc<State>,
+    _in_flight: InFlight,
+    started: Instant,
+    peer: SocketAddr,
+    method: Method,
+    version: Version,
     route: Option<Arc<Route>>,
-    body_bytes: u64,
+    /// Set once the body has been read.
+    body_bytes: Option<u64>,
     /// The request body was read to its end (or was empty): the connection
     /// can be reused.
     body_done: bool,
     upstream_time: Option<Duration>,
+    upstream_status: Option<StatusCode>,
+    status: StatusCode,
+    outcome: Outcome,
+}
+
+/// Counts a request in `hookgate_requests_in_flight` for as long as it lives
+/// (also when the client goes away and the handler is dropped).
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn new(metrics: &Metrics) -> InFlight {
+        metrics.in_flight.inc();
+        InFlight(metrics.in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Exchange {
+    /// Records the finished exchange: metrics, then one access-log line.
+    fn finish(&self, metrics: &Metrics) {
+        let duration = self.started.elapsed();
+        match &self.route {
+            None => {
+                metrics.unmatched.inc();
+            }
+            Some(route) => {
+                if let Some(m) = self.state.route_metrics.get(route.index) {
+                    if let Some(c) = m.request(self.outcome) {
+                        c.inc();
+                    }
+                    m.request_duration.observe(duration.as_secs_f64());
+                    if let Some(bytes) = self.body_bytes {
+                        m.body_bytes.observe(bytes as f64);
+                    }
+                    if let Some(t) = self.upstream_time {
+                        m.upstream_duration.observe(t.as_secs_f64());
+                    }
+                    if let Some(status) = self.upstream_status {
+                        m.upstream_response(status.as_u16());
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            target: "hookgate::access",
+            route = self.route.as_ref().map_or("-", |r| r.name.as_str()),
+            method = %self.method,
+            status = self.status.as_u16(),
+            outcome = self.outcome.as_str(),
+            body_bytes = self.body_bytes.unwrap_or(0),
+            duration_s = duration.as_secs_f64(),
+            upstream_s = self.upstream_time.map(|d| d.as_secs_f64()),
+            peer = %self.peer,
+            protocol = ?self.version,
+        );
+    }
 }
 
 impl Proxy {
-    pub fn new(state: State) -> Proxy {
+    pub fn new(state: State, metrics: Arc<Metrics>) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -188,51 +273,72 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Proxy {
-            state: Arc::new(state),
+            state: ArcSwap::from_pointee(state),
             client,
+            metrics,
         }
     }
 
+    /// The current configuration snapshot.
     pub fn state(&self) -> Arc<State> {
-        self.state.clone()
+        self.state.load_full()
+    }
+
+    /// Swaps in a new snapshot; requests already in flight keep theirs.
+    pub fn replace_state(&self, state: State) {
+        self.state.store(Arc::new(state));
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Serves one request; never fails and never panics on peer input.
-    pub async fn handle(&self, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let state = self.state();
-        let method = req.method().clone();
-        let version = req.version();
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> Response<ResponseBody> {
         let mut ex = Exchange {
+            state: self.state(),
+            _in_flight: InFlight::new(&self.metrics),
+            started: Instant::now(),
+            peer: conn.peer,
+            method: req.method().clone(),
+            version: req.version(),
             route: None,
-            body_bytes: 0,
+            body_bytes: None,
             body_done: req.body().is_end_stream(),
             upstream_time: None,
+            upstream_status: None,
+            status: StatusCode::OK,
+            outcome: Outcome::Forwarded,
         };
-        let result = self.handle_inner(&state, conn, req, started, &mut ex).await;
-        let route_name = ex.route.as_ref().map_or("-", |r| r.name.as_str());
-        let (response, outcome) = match result {
-            Ok(response) => (response, Outcome::Forwarded),
+        let state = ex.state.clone();
+        let (response, body) = match self.handle_inner(&state, conn, req, &mut ex).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                (Response::from_parts(parts, ()), Inner::Upstream(body))
+            }
             Err(err) => {
                 let (status, outcome) = err.classify();
-                tracing::debug!(route = route_name, peer = %conn.peer, reason = %err, "rejected");
-                let close = !ex.body_done && version <= Version::HTTP_11;
-                (synthetic(status, &err, ex.route.as_deref(), close), outcome)
+                ex.outcome = outcome;
+                tracing::debug!(
+                    route = ex.route.as_ref().map_or("-", |r| r.name.as_str()),
+                    peer = %conn.peer,
+                    reason = %err,
+                    "rejected"
+                );
+                let close = !ex.body_done && ex.version <= Version::HTTP_11;
+                synthetic(status, &err, ex.route.as_deref(), close)
             }
         };
-        tracing::info!(
-            target: "hookgate::access",
-            route = route_name,
-            method = %method,
-            status = response.status().as_u16(),
-            outcome = outcome.as_str(),
-            body_bytes = ex.body_bytes,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            upstream_ms = ex.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-            peer = %conn.peer,
-            proto = ?version,
-        );
-        response
+        ex.status = response.status();
+        response.map(|()| ResponseBody {
+            inner: body,
+            exchange: Some(ex),
+            proxy: self,
+        })
     }
 
     async fn handle_inner(
@@ -240,9 +346,8 @@ impl Proxy {
         state: &State,
         conn: ConnInfo,
         req: Request<Incoming>,
-        started: Instant,
         ex: &mut Exchange,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
+    ) -> Result<Response<Incoming>, ProxyError> {
         let (parts, mut body) = req.into_parts();
         let (host, host_ok) = request_host(&parts);
 
@@ -264,12 +369,12 @@ impl Proxy {
         }
 
         let mut verifier = route.key.verifier();
-        let deadline = started + route.request_timeout;
+        let deadline = ex.started + route.request_timeout;
         let frames = body::read_verified(&mut body, &mut verifier, route.max_body_bytes, deadline)
             .await
             .map_err(ProxyError::Body)?;
         ex.body_done = true;
-        ex.body_bytes = frames.len();
+        ex.body_bytes = Some(frames.len());
         verifier.finish(&signature).map_err(ProxyError::Signature)?;
 
         let uri = upstream_uri(route, &parts.uri).map_err(ProxyError::UpstreamUri)?;
@@ -310,10 +415,11 @@ impl Proxy {
                 .map_err(|_| ProxyError::UpstreamTimeout)?
                 .map_err(ProxyError::Upstream)?;
         ex.upstream_time = Some(sent.elapsed());
+        ex.upstream_status = Some(response.status());
 
         let (mut parts, body) = response.into_parts();
         parts.headers = headers::client_response_headers(parts.headers);
-        Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+        Ok(Response::from_parts(parts, body))
     }
 }
 
@@ -370,13 +476,13 @@ fn synthetic(
     err: &ProxyError,
     route: Option<&Route>,
     close: bool,
-) -> Response<ResponseBody> {
+) -> (Response<()>, Inner) {
     let text = format!(
         "{} {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
-    let mut response = Response::new(ResponseBody::Full(Some(Bytes::from(text))));
+    let mut response = Response::new(());
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(
@@ -390,13 +496,35 @@ fn synthetic(
         // Unread body bytes must never be parsed as the next request.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    response
+    (response, Inner::Full(Some(Bytes::from(text))))
 }
 
-/// A response body: the upstream's, streamed, or the gateway's own.
-pub enum ResponseBody {
+/// A response body: the upstream's, streamed, or the gateway's own. It
+/// carries the request's [`Exchange`], recorded when the body ends or is
+/// dropped.
+pub struct ResponseBody {
+    inner: Inner,
+    exchange: Option<Exchange>,
+    proxy: Arc<Proxy>,
+}
+
+enum Inner {
     Upstream(Incoming),
     Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    fn finish(&mut self) {
+        if let Some(ex) = self.exchange.take() {
+            ex.finish(&self.proxy.metrics);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 impl Body for ResponseBody {
@@ -407,25 +535,28 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx),
-            ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let Poll::Ready(None) = polled {
+            this.finish();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Upstream(body) => body.is_end_stream(),
-            ResponseBody::Full(data) => data.is_none(),
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Full(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Upstream(body) => body.size_hint(),
-            ResponseBody::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+        match &self.inner {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

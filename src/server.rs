@@ -1,5 +1,6 @@
-//! The data-plane listener: accept, cap connections, serve HTTP/1.1 and
-//! HTTP/2 (h2c by prior knowledge) with hyper, drain on shutdown.
+//! The data-plane listener: accept, cap connections, terminate TLS when
+//! configured, serve HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge on
+//! plain TCP) with hyper, drain on shutdown.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so the
 //! binary binds the configured address and tests bind `127.0.0.1:0`.
@@ -12,10 +13,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
+use crate::config::Limits;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// Header fields per request (more → 431).
@@ -25,14 +28,9 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 /// HTTP/2 header list size.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
-/// Serves `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish for up to `server.shutdown_timeout`.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    let state = proxy.state();
-    let limits = state.config.limits.clone();
-    let shutdown_timeout = state.config.server.shutdown_timeout;
-    drop(state);
+type Builder = auto::Builder<TokioExecutor>;
 
+fn http_builder(limits: &Limits) -> Builder {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -45,8 +43,17 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST_SIZE);
+    builder
+}
 
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+/// Serves `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests finish for up to `server.shutdown_timeout`.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+    let state = proxy.state();
+    let builder = http_builder(&state.config.limits);
+    let slots = Arc::new(Semaphore::new(state.config.limits.max_connections));
+    drop(state);
+
     let graceful = GracefulShutdown::new();
     let mut backoff = Duration::ZERO;
     tokio::pin!(shutdown);
@@ -75,22 +82,45 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            peer,
-            proto: "http",
-        };
+        // Read per connection so a reload's new certificate applies to new
+        // connections.
+        let state = proxy.state();
+        let tls = state
+            .config
+            .server
+            .tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(t.server_config.clone()));
+        let handshake_timeout = state.config.limits.handshake_timeout;
+        drop(state);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(conn, req).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tls {
+                None => {
+                    let conn = ConnInfo {
+                        peer,
+                        proto: "http",
+                    };
+                    serve_connection(&builder, watcher, TokioIo::new(stream), conn, proxy).await;
+                }
+                Some(acceptor) => {
+                    match crate::tls::accept(&acceptor, stream, handshake_timeout).await {
+                        Ok(stream) => {
+                            let conn = ConnInfo {
+                                peer,
+                                proto: "https",
+                            };
+                            serve_connection(&builder, watcher, TokioIo::new(stream), conn, proxy)
+                                .await;
+                        }
+                        Err(e) => {
+                            proxy.metrics().tls_handshake_errors.inc();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                    }
+                }
             }
             drop(permit);
         });
@@ -102,8 +132,26 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("drained"),
-        () = tokio::time::sleep(shutdown_timeout) => {
+        () = tokio::time::sleep(proxy.state().config.server.shutdown_timeout) => {
             tracing::warn!("shutdown_timeout reached; closing remaining connections");
         }
+    }
+}
+
+async fn serve_connection<I>(
+    builder: &Builder,
+    watcher: Watcher,
+    io: TokioIo<I>,
+    conn: ConnInfo,
+    proxy: Arc<Proxy>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(conn, req).await) }
+    });
+    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
 }

@@ -61,7 +61,10 @@ async fn json_webhook_is_forwarded_unchanged() {
     assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(r.header("x-forwarded-proto"), Some("http"));
     assert_eq!(r.header("x-forwarded-host"), Some("hooks.test"));
-    assert_eq!(r.header("content-length"), Some(JSON.len().to_string().as_str()));
+    assert_eq!(
+        r.header("content-length"),
+        Some(JSON.len().to_string().as_str())
+    );
     gw.stop().await;
 }
 
@@ -129,10 +132,22 @@ async fn hop_by_hop_removed_and_forwarded_for_replaced() {
     let upstream = Upstream::start(Behaviour::Respond).await;
     let gw = Gateway::start(&two_routes(upstream.addr, "")).await;
     let extra = "Connection: keep-alive, X-Foo, X-Forwarded-For\r\nX-Foo: secret-hop\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nX-Keep: yes\r\n";
-    let (resp, _) = raw(gw.addr, &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, extra)).await;
+    let (resp, _) = raw(
+        gw.addr,
+        &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, extra),
+    )
+    .await;
     assert_eq!(resp.status, 201);
     let r = &upstream.received()[0];
-    for gone in ["connection", "x-foo", "keep-alive", "te", "upgrade", "proxy-connection", "transfer-encoding"] {
+    for gone in [
+        "connection",
+        "x-foo",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "transfer-encoding",
+    ] {
         assert_eq!(r.header_count(gone), 0, "{gone} was forwarded");
     }
     assert_eq!(r.header("x-keep"), Some("yes"));
@@ -154,7 +169,11 @@ async fn trusted_proxy_forwarded_for_is_appended() {
     );
     let gw = Gateway::start(&config).await;
     let extra = "X-Forwarded-For: 203.0.113.9\r\n";
-    let (resp, _) = raw(gw.addr, &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, extra)).await;
+    let (resp, _) = raw(
+        gw.addr,
+        &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, extra),
+    )
+    .await;
     assert_eq!(resp.status, 201);
     assert_eq!(
         upstream.received()[0].header("x-forwarded-for"),
@@ -169,15 +188,30 @@ async fn trusted_proxy_forwarded_for_is_appended() {
 async fn upstream_with_path_and_forwarding_off() {
     let upstream = Upstream::start(Behaviour::Respond).await;
     let config = two_routes(upstream.addr, "forwarded_headers = false").replace(
-        &format!("upstream = \"http://{}\"\nsecret = {{ env = \"SECRET_B\" }}", upstream.addr),
-        &format!("upstream = \"http://{}/in/b\"\nsecret = {{ env = \"SECRET_B\" }}", upstream.addr),
+        &format!(
+            "upstream = \"http://{}\"\nsecret = {{ env = \"SECRET_B\" }}",
+            upstream.addr
+        ),
+        &format!(
+            "upstream = \"http://{}/in/b\"\nsecret = {{ env = \"SECRET_B\" }}",
+            upstream.addr
+        ),
     );
     let gw = Gateway::start(&config).await;
-    let (resp, _) = raw(gw.addr, &post("/webhooks/b?q=1", Some(&sign(SECRET_B, JSON)), JSON, "")).await;
+    let (resp, _) = raw(
+        gw.addr,
+        &post("/webhooks/b?q=1", Some(&sign(SECRET_B, JSON)), JSON, ""),
+    )
+    .await;
     assert_eq!(resp.status, 201);
     let (resp, _) = raw(
         gw.addr,
-        &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, "X-Forwarded-For: 198.51.100.1\r\n"),
+        &post(
+            "/webhooks/a",
+            Some(&sign(SECRET_A, JSON)),
+            JSON,
+            "X-Forwarded-For: 198.51.100.1\r\n",
+        ),
     )
     .await;
     assert_eq!(resp.status, 201);
@@ -221,21 +255,34 @@ async fn upstream_failures_map_to_502_and_504() {
         l.local_addr().unwrap()
     }; // dropped: nothing listens there now
     let gw = Gateway::start(&two_routes(closed, "")).await;
-    let (resp, _) = raw(gw.addr, &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, "")).await;
+    let (resp, _) = raw(
+        gw.addr,
+        &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, ""),
+    )
+    .await;
     assert_eq!(resp.status, 502);
     gw.stop().await;
 
     let hang = Upstream::start(Behaviour::Hang).await;
     let gw = Gateway::start(&two_routes(hang.addr, "upstream_timeout = \"300ms\"")).await;
     let started = std::time::Instant::now();
-    let (resp, _) = raw(gw.addr, &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, "")).await;
+    let (resp, _) = raw(
+        gw.addr,
+        &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, ""),
+    )
+    .await;
     assert_eq!(resp.status, 504);
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     assert_eq!(hang.count(), 1, "the request was attempted");
     gw.stop().await;
 }
 
-async fn h2c_post(addr: std::net::SocketAddr, path: &str, sig: &str, body: &'static [u8]) -> (u16, Bytes) {
+async fn h2c_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    sig: &str,
+    body: &'static [u8],
+) -> (u16, Bytes) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -303,7 +350,11 @@ async fn node_reference_signature_passes_and_tampering_fails() {
     assert_eq!(resp.status, 201);
     let mut tampered = JSON.to_vec();
     tampered[10] ^= 0x01;
-    let (resp, _) = raw(gw.addr, &post("/webhooks/a", Some(&node_sig), &tampered, "")).await;
+    let (resp, _) = raw(
+        gw.addr,
+        &post("/webhooks/a", Some(&node_sig), &tampered, ""),
+    )
+    .await;
     assert_eq!(resp.status, 401);
     let got = upstream.received();
     assert_eq!(got.len(), 1);

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hookgate::admin::Readiness;
 use hookgate::config::Config;
+use hookgate::metrics::Metrics;
 use hookgate::proxy::{Proxy, State};
 use hookgate::verify::Key;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,7 +92,9 @@ impl Upstream {
         let log = requests.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let log = log.clone();
                 tokio::spawn(serve_upstream_conn(stream, log, behaviour));
             }
@@ -188,6 +192,7 @@ async fn serve_upstream_conn(
 
 pub struct Gateway {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub proxy: Arc<Proxy>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -200,17 +205,44 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Proxy::new(State::new(config)));
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        metrics.config_loaded(true);
+        let proxy = Arc::new(Proxy::new(State::new(config, &metrics), metrics.clone()));
+        let ready = Arc::new(Readiness::default());
+        ready.set(true);
+        tokio::spawn(hookgate::admin::serve(admin_listener, metrics, ready));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hookgate::server::serve(listener, proxy.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(hookgate::server::serve(
+            listener,
+            proxy.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Gateway {
             addr,
+            admin,
             proxy,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// GET /metrics from the admin listener.
+    pub async fn metrics(&self) -> String {
+        let (resp, _) = raw(
+            self.admin,
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            resp.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        String::from_utf8(resp.body).unwrap()
     }
 
     /// Triggers shutdown and waits for `serve` to return.
@@ -299,7 +331,11 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
             .await
             .expect("response head not received within 10s")
             .unwrap();
-        assert!(got > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            got > 0,
+            "connection closed before a response head; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..got]);
     };
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -346,7 +382,9 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
         data = &data[line_end + 2..];
         if size == 0 {
             return out;
@@ -378,7 +416,8 @@ pub async fn closed_by_server(stream: &mut TcpStream) -> bool {
 
 /// A signed POST with the given extra header lines (each ending in \r\n).
 pub fn post(path: &str, signature: Option<&str>, body: &[u8], extra: &str) -> Vec<u8> {
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: hooks.test\r\nContent-Type: application/json\r\n");
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nHost: hooks.test\r\nContent-Type: application/json\r\n");
     if let Some(sig) = signature {
         req.push_str(&format!("X-Adsumo-Signature: {sig}\r\n"));
     }

@@ -1,0 +1,294 @@
+//! Prometheus metrics (SPEC §6): one registry owned by the app, no globals.
+//!
+//! Every labelled handle the request path touches is resolved once when a
+//! config is loaded ([`Metrics::route`] → [`RouteMetrics`]), so serving a
+//! request increments plain atomics and never looks up a label set. Label
+//! values come only from configured route names and fixed enums.
+//!
+//! `prometheus-client` (the Prometheus project's own Rust client) keys each
+//! series by its full label set, so distinct label tuples can never collapse
+//! into one series (the tikv `prometheus` crate hashes the concatenated values
+//! without a separator: `["ab","c"]` and `["a","bc"]` share a counter).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::proxy::Outcome;
+
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOutcome {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteCode {
+    route: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Durations from 1 ms to ~16 s: a webhook answered within the sender's 10 s.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// Body sizes from 64 B to 4 MiB.
+fn bytes_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(64.0, 4.0, 9))
+}
+
+/// Status classes for `hookgate_upstream_responses_total{code}`.
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// All of the gateway's metrics and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteOutcome, Counter>,
+    request_duration: HistogramFamily<RouteLabel>,
+    upstream_duration: HistogramFamily<RouteLabel>,
+    upstream_responses: Family<RouteCode, Counter>,
+    body_bytes: HistogramFamily<RouteLabel>,
+    pub unmatched: Counter,
+    pub in_flight: Gauge,
+    pub tls_handshake_errors: Counter,
+    reloads: Family<ResultLabel, Counter>,
+    pub last_reload_success: Gauge<f64, AtomicU64>,
+}
+
+/// One route's handles, resolved at config load.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    /// Indexed like [`Outcome::ROUTED`].
+    requests: [Counter; Outcome::ROUTED.len()],
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    upstream_responses: [Counter; CODE_CLASSES.len()],
+    pub body_bytes: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn request(&self, outcome: Outcome) -> Option<&Counter> {
+        let i = Outcome::ROUTED.iter().position(|o| *o == outcome)?;
+        self.requests.get(i)
+    }
+
+    /// Counts an upstream response by status class.
+    pub fn upstream_response(&self, status: u16) {
+        if let 100..=599 = status {
+            self.upstream_responses[usize::from(status / 100) - 1].inc();
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RouteOutcome, Counter>::default();
+        registry.register(
+            "hookgate_requests",
+            "Requests that matched a route, by route and outcome",
+            requests.clone(),
+        );
+        let unmatched = Counter::default();
+        registry.register(
+            "hookgate_unmatched_requests",
+            "Requests that matched no route (404)",
+            unmatched.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabel> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "hookgate_request_duration",
+            "Time from receipt of the request headers to the end of the response",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let upstream_duration: HistogramFamily<RouteLabel> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "hookgate_upstream_duration",
+            "Time from sending the request upstream to its response headers",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let upstream_responses = Family::<RouteCode, Counter>::default();
+        registry.register(
+            "hookgate_upstream_responses",
+            "Upstream responses by route and status class",
+            upstream_responses.clone(),
+        );
+        let body_bytes: HistogramFamily<RouteLabel> = Family::new_with_constructor(bytes_histogram);
+        registry.register_with_unit(
+            "hookgate_request_body",
+            "Request body sizes read",
+            Unit::Bytes,
+            body_bytes.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "hookgate_requests_in_flight",
+            "Requests being served",
+            in_flight.clone(),
+        );
+        let tls_handshake_errors = Counter::default();
+        registry.register(
+            "hookgate_tls_handshake_errors",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_errors.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        for result in ["success", "failure"] {
+            reloads.get_or_create_owned(&ResultLabel { result });
+        }
+        registry.register(
+            "hookgate_config_reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
+        let last_reload_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "hookgate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load",
+            last_reload_success.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("hookgate_build_info", "Build information", build_info);
+
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_responses,
+            body_bytes,
+            unmatched,
+            in_flight,
+            tls_handshake_errors,
+            reloads,
+            last_reload_success,
+        }
+    }
+
+    /// Resolves (creating at zero) every series of one route.
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        let route = || RouteLabel {
+            route: name.to_string(),
+        };
+        RouteMetrics {
+            requests: Outcome::ROUTED.map(|o| {
+                self.requests.get_or_create_owned(&RouteOutcome {
+                    route: name.to_string(),
+                    outcome: o.as_str(),
+                })
+            }),
+            request_duration: self.request_duration.get_or_create_owned(&route()),
+            upstream_duration: self.upstream_duration.get_or_create_owned(&route()),
+            upstream_responses: CODE_CLASSES.map(|code| {
+                self.upstream_responses.get_or_create_owned(&RouteCode {
+                    route: name.to_string(),
+                    code,
+                })
+            }),
+            body_bytes: self.body_bytes.get_or_create_owned(&route()),
+        }
+    }
+
+    /// Records a configuration load or reload.
+    pub fn config_loaded(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.last_reload_success.set(now);
+        }
+    }
+
+    /// The Prometheus text format (0.0.4) exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Route names that would collide if label values were concatenated
+    /// stay separate series.
+    #[test]
+    fn label_tuples_are_distinct_series() {
+        let m = Metrics::new();
+        let ab = m.route("ab");
+        let a = m.route("a");
+        ab.request(Outcome::Forwarded).unwrap().inc();
+        a.request(Outcome::Forwarded).unwrap().inc_by(2);
+        let text = m.encode();
+        assert!(
+            text.contains("hookgate_requests_total{route=\"ab\",outcome=\"forwarded\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hookgate_requests_total{route=\"a\",outcome=\"forwarded\"} 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn upstream_status_classes() {
+        let m = Metrics::new();
+        let r = m.route("r");
+        for s in [100, 204, 302, 404, 503, 999, 0] {
+            r.upstream_response(s);
+        }
+        let text = m.encode();
+        for class in CODE_CLASSES {
+            assert!(
+                text.contains(&format!(
+                    "hookgate_upstream_responses_total{{route=\"r\",code=\"{class}\"}} 1\n"
+                )),
+                "{class}: {text}"
+            );
+        }
+    }
+}
