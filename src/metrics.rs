@@ -76,6 +76,7 @@ pub struct Metrics {
     pub unmatched: Counter,
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
+    pub connections_rejected: Counter,
     reloads: Family<ResultLabel, Counter>,
     pub last_reload_success: Gauge<f64, AtomicU64>,
 }
@@ -167,6 +168,12 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_errors.clone(),
         );
+        let connections_rejected = Counter::default();
+        registry.register(
+            "hookgate_connections_rejected",
+            "Connections closed at accept because limits.max_connections were open",
+            connections_rejected.clone(),
+        );
         let reloads = Family::<ResultLabel, Counter>::default();
         for result in ["success", "failure"] {
             reloads.get_or_create_owned(&ResultLabel { result });
@@ -200,6 +207,7 @@ impl Metrics {
             unmatched,
             in_flight,
             tls_handshake_errors,
+            connections_rejected,
             reloads,
             last_reload_success,
         }

@@ -25,8 +25,9 @@ use crate::proxy::{ConnInfo, Proxy};
 pub const MAX_HEADERS: usize = 100;
 /// HTTP/2 concurrent streams per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
-/// HTTP/2 header list size.
-pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Request head size: HTTP/1.1 request line + header fields (more → 431),
+/// and the HTTP/2 header list size.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 type Builder = auto::Builder<TokioExecutor>;
 
@@ -37,12 +38,15 @@ fn http_builder(limits: &Limits) -> Builder {
         .timer(TokioTimer::new())
         // Also the keep-alive idle limit: hyper applies it between requests.
         .header_read_timeout(limits.request_timeout)
-        .max_headers(MAX_HEADERS);
+        .max_headers(MAX_HEADERS)
+        // hyper answers 431 when a request head does not fit its read
+        // buffer; bodies are read in frames of at most this size.
+        .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE);
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
 
@@ -77,6 +81,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            proxy.metrics().connections_rejected.inc();
             tracing::debug!(%peer, "max_connections reached; connection closed");
             drop(stream);
             continue;
