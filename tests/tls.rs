@@ -1,0 +1,279 @@
+//! TLS termination (SPEC §3 `[server.tls]`): HTTP/1.1 and HTTP/2 over ALPN,
+//! handshake failures counted and closed, load errors that name the file.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const BODY: &[u8] = br#"{"event":"generation.completed","generation_id":"tls"}"#;
+
+/// A self-signed certificate for `localhost` written to `dir`.
+struct TestCert {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+fn make_cert(dir: &Path, name: &str) -> TestCert {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    TestCert {
+        cert,
+        key,
+        der: ck.cert.der().clone(),
+    }
+}
+
+fn tls_config(upstream: SocketAddr, cert: &TestCert, extra_limits: &str) -> String {
+    two_routes(upstream, "")
+        .replace(
+            "shutdown_timeout = \"5s\"",
+            &format!(
+                "shutdown_timeout = \"5s\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                cert.cert.display(),
+                cert.key.display()
+            ),
+        )
+        .replace("[limits]\n", &format!("[limits]\n{extra_limits}\n"))
+}
+
+fn connector(cert: &TestCert, alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    connector: &TlsConnector,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+fn signed(secret: &str) -> http::Request<Full<Bytes>> {
+    http::Request::post("https://localhost/webhooks/a")
+        .header("host", "localhost")
+        .header("x-adsumo-signature", sign(secret, BODY))
+        .body(Full::new(Bytes::from_static(BODY)))
+        .unwrap()
+}
+
+/// An HTTP/1.1 client (ALPN offers only http/1.1) gets HTTP/1.1, its valid
+/// webhook forwarded and an invalid one rejected with 401.
+#[tokio::test]
+async fn http1_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw");
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&tls_config(upstream.addr, &cert, "")).await;
+    let stream = tls_connect(gw.addr, &connector(&cert, &[b"http/1.1"])).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(signed(SECRET_A)).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    assert_eq!(resp.status(), 201);
+    resp.into_body().collect().await.unwrap();
+    let resp = sender.send_request(signed(SECRET_B)).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let got = upstream.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, BODY);
+    assert_eq!(got[0].header("x-forwarded-proto"), Some("https"));
+    gw.stop().await;
+}
+
+/// An HTTP/2 client (ALPN h2) gets HTTP/2, its valid webhook forwarded and
+/// an invalid one rejected with 401.
+#[tokio::test]
+async fn http2_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw");
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&tls_config(upstream.addr, &cert, "")).await;
+    let stream = tls_connect(gw.addr, &connector(&cert, &[b"h2", b"http/1.1"])).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(signed(SECRET_A)).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 201);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], UPSTREAM_BODY);
+    let resp = sender.send_request(signed(SECRET_B)).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let got = upstream.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, BODY);
+    assert_eq!(got[0].header("host"), Some("localhost"));
+    gw.stop().await;
+}
+
+fn handshake_errors(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookgate_tls_handshake_errors_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Plain-text HTTP sent to the TLS port: the connection is closed, nothing
+/// is forwarded, and hookgate_tls_handshake_errors_total counts it.
+#[tokio::test]
+async fn plain_http_to_tls_port_is_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw");
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&tls_config(upstream.addr, &cert, "")).await;
+    assert_eq!(handshake_errors(&gw.metrics().await), 0);
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(&post("/webhooks/a", Some(&sign(SECRET_A, BODY)), BODY, ""))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .expect("connection not closed");
+    // rustls may answer with a TLS alert record before closing; never HTTP.
+    assert!(read.is_err() || !buf.starts_with(b"HTTP/"), "{buf:?}");
+    assert_eq!(upstream.count(), 0);
+    assert_eq!(handshake_errors(&gw.metrics().await), 1);
+    gw.stop().await;
+}
+
+/// A TCP connection that never sends a ClientHello is closed at
+/// handshake_timeout and counted.
+#[tokio::test]
+async fn silent_connection_closed_at_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw");
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&tls_config(
+        upstream.addr,
+        &cert,
+        "handshake_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    assert!(closed_by_server(&mut stream).await);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "closed too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "closed too late: {elapsed:?}"
+    );
+    assert_eq!(handshake_errors(&gw.metrics().await), 1);
+    gw.stop().await;
+}
+
+fn check_message(config: &str) -> String {
+    hookgate::config::Config::from_toml_str(config, Path::new("tls.toml"), &env())
+        .unwrap_err()
+        .to_string()
+}
+
+/// Certificate problems are refused at load, each naming the file and what
+/// is wrong: missing file, empty PEM, no key, a key that does not match.
+#[test]
+fn certificate_load_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = make_cert(dir.path(), "good");
+    let other = make_cert(dir.path(), "other");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let with = |cert: &Path, key: &Path| {
+        tls_config(
+            upstream,
+            &TestCert {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                der: good.der.clone(),
+            },
+            "",
+        )
+    };
+    let missing = dir.path().join("missing.pem");
+    let cases = [
+        (
+            with(&missing, &good.key),
+            format!(
+                "TLS cert file {}: No such file or directory",
+                missing.display()
+            ),
+        ),
+        (
+            with(&empty, &good.key),
+            format!(
+                "TLS cert file {}: no PEM certificate found",
+                empty.display()
+            ),
+        ),
+        (
+            with(&good.cert, &empty),
+            format!("TLS key file {}: no PEM private key found", empty.display()),
+        ),
+        (
+            with(&good.cert, &good.cert),
+            format!(
+                "TLS key file {}: no PEM private key found",
+                good.cert.display()
+            ),
+        ),
+        (
+            with(&good.cert, &other.key),
+            format!(
+                "TLS key file {} does not match the certificate in {}",
+                other.key.display(),
+                good.cert.display()
+            ),
+        ),
+    ];
+    let key_text = std::fs::read_to_string(&other.key).unwrap();
+    let key_line = key_text.lines().nth(1).unwrap();
+    for (config, want) in cases {
+        let msg = check_message(&config);
+        assert!(msg.contains(&want), "want {want:?} in {msg:?}");
+        assert!(msg.starts_with("tls.toml:"), "{msg}");
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        assert!(!msg.contains(key_line), "key material in message");
+    }
+}
