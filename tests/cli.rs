@@ -203,8 +203,11 @@ async fn run_serves_then_stops_on_sigterm() {
     let path = dir.path().join("hookgate.toml");
     std::fs::write(
         &path,
-        GOOD.replace("127.0.0.1:8080", "127.0.0.1:0")
-            .replace("127.0.0.1:3000", &upstream.addr.to_string()),
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            GOOD.replace("127.0.0.1:8080", "127.0.0.1:0")
+                .replace("127.0.0.1:3000", &upstream.addr.to_string())
+        ),
     )
     .unwrap();
     let mut child = Command::new(BIN)
