@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +98,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             .as_ref()
             .map(|t| TlsAcceptor::from(t.server_config.clone()));
         let handshake_timeout = state.config.limits.handshake_timeout;
+        let request_timeout = state.config.limits.request_timeout;
         drop(state);
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -108,7 +110,15 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                         peer,
                         proto: "http",
                     };
-                    serve_connection(&builder, watcher, TokioIo::new(stream), conn, proxy).await;
+                    serve_connection(
+                        &builder,
+                        watcher,
+                        TokioIo::new(stream),
+                        conn,
+                        proxy,
+                        request_timeout,
+                    )
+                    .await;
                 }
                 Some(acceptor) => {
                     match crate::tls::accept(&acceptor, stream, handshake_timeout).await {
@@ -117,8 +127,15 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                                 peer,
                                 proto: "https",
                             };
-                            serve_connection(&builder, watcher, TokioIo::new(stream), conn, proxy)
-                                .await;
+                            serve_connection(
+                                &builder,
+                                watcher,
+                                TokioIo::new(stream),
+                                conn,
+                                proxy,
+                                request_timeout,
+                            )
+                            .await;
                         }
                         Err(e) => {
                             proxy.metrics().tls_handshake_errors.inc();
@@ -143,20 +160,42 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     }
 }
 
+/// Serves one connection. A connection that has not started a request
+/// within `first_request_timeout` of being accepted (or of its TLS
+/// handshake) is closed: hyper's header timeout only starts once it has
+/// told HTTP/1 from an HTTP/2 preface, so without this a silent socket, or
+/// an HTTP/2 connection that never opens a stream, would hold a
+/// connection slot and a descriptor forever.
 async fn serve_connection<I>(
     builder: &Builder,
     watcher: Watcher,
     io: TokioIo<I>,
     conn: ConnInfo,
     proxy: Arc<Proxy>,
+    first_request_timeout: Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
     let service = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(conn, req).await) }
     });
-    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+    let connection = watcher.watch(builder.serve_connection(io, service));
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = &mut connection => result,
+        () = tokio::time::sleep(first_request_timeout) => {
+            if !started.load(Ordering::Relaxed) {
+                tracing::debug!(peer = %conn.peer, "no request within request_timeout; connection closed");
+                return;
+            }
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
 }

@@ -36,7 +36,9 @@ async fn discard_upstream() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut filled = 0;
@@ -50,7 +52,9 @@ async fn discard_upstream() -> SocketAddr {
                                 .headers
                                 .iter()
                                 .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                                .and_then(|h| {
+                                    std::str::from_utf8(h.value).ok()?.parse::<usize>().ok()
+                                })
                                 .unwrap_or(0);
                             break (n, len);
                         }
@@ -73,8 +77,7 @@ async fn discard_upstream() -> SocketAddr {
                     // This simple upstream expects one request at a time.
                     filled = 0;
                     let _ = leftover;
-                    if s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                         .await
                         .is_err()
                     {
@@ -101,7 +104,11 @@ async fn drive(addr: SocketAddr, request: &[u8], n: usize) {
             filled += got;
             let text = &buf[..filled];
             if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
-                assert!(text.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(text));
+                assert!(
+                    text.starts_with(b"HTTP/1.1 200"),
+                    "{:?}",
+                    String::from_utf8_lossy(text)
+                );
                 // Every response here has a 2-byte body.
                 if filled >= end + 4 + 2 {
                     break;
