@@ -65,12 +65,17 @@ pub struct Forwarding {
 /// Builds the upstream request headers from the client's, in their order.
 ///
 /// - drops hop-by-hop fields, fields named by `Connection` (never `Host` or
-///   the signature field), `Content-Length` (the gateway sets its own),
-///   `Expect` (already satisfied: the whole body has been read);
+///   the signature field), `Expect` (already satisfied: the whole body has
+///   been read);
+/// - sets `Content-Length` to the body actually read, at the client's
+///   `Content-Length` position (appended for a chunked request);
 /// - when `forwarding` is given, replaces (or, for a trusted peer, extends)
-///   `X-Forwarded-For/-Proto/-Host`;
-/// - when the client sent no `Host` (HTTP/2 uses `:authority`), adds it so
-///   the upstream sees the original host.
+///   `X-Forwarded-For/-Proto/-Host`, appended at the end;
+/// - when the client sent no `Host` (HTTP/2 uses `:authority`), adds it
+///   first so the upstream sees the original host.
+///
+/// The common request (none of those fields present) is updated in place;
+/// otherwise the map is rebuilt in one pass.
 pub fn upstream_request_headers(
     mut client: HeaderMap,
     signature: &HeaderName,
@@ -78,6 +83,26 @@ pub fn upstream_request_headers(
     authority: Option<&str>,
     content_length: u64,
 ) -> HeaderMap {
+    let length = HeaderValue::from(content_length);
+    let rewrite = forwarding.is_some();
+    let needs_rebuild = (!client.contains_key(header::HOST) && authority.is_some())
+        || client.keys().any(|name| {
+            is_hop_by_hop(name) || name == header::EXPECT || (rewrite && is_forwarded(name))
+        })
+        || client
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .nth(1)
+            .is_some();
+    if !needs_rebuild {
+        // insert() keeps an existing field's position.
+        client.insert(header::CONTENT_LENGTH, length);
+        if let Some(f) = forwarding {
+            append_forwarded(&mut client, f, None, None, None);
+        }
+        return client;
+    }
+
     let named = connection_named(&client);
     let mut out = HeaderMap::with_capacity(client.len() + 4);
     if !client.contains_key(header::HOST) {
@@ -85,10 +110,10 @@ pub fn upstream_request_headers(
             out.insert(header::HOST, value);
         }
     }
+    let mut length = Some(length);
     let mut xff: Option<HeaderValue> = None;
     let mut xfp: Option<HeaderValue> = None;
     let mut xfh: Option<HeaderValue> = None;
-    let rewrite = forwarding.is_some();
     let mut current: Option<HeaderName> = None;
     for (name, value) in client.drain() {
         if let Some(name) = name {
@@ -97,8 +122,13 @@ pub fn upstream_request_headers(
         let Some(name) = current.as_ref() else {
             continue;
         };
+        if name == header::CONTENT_LENGTH {
+            if let Some(length) = length.take() {
+                out.append(header::CONTENT_LENGTH, length);
+            }
+            continue;
+        }
         if is_hop_by_hop(name)
-            || name == header::CONTENT_LENGTH
             || name == header::EXPECT
             || (named.contains(name) && name != header::HOST && name != signature)
         {
@@ -120,33 +150,47 @@ pub fn upstream_request_headers(
         }
         out.append(name.clone(), value);
     }
+    if let Some(length) = length {
+        out.append(header::CONTENT_LENGTH, length);
+    }
     if let Some(f) = forwarding {
-        let peer = HeaderValue::from_str(&f.peer.to_string()).ok();
-        let (xff, xfp, xfh) = if f.trusted {
-            let xff = match (xff, peer) {
-                (Some(prev), Some(peer)) => Some(join(Some(prev), &peer)),
-                (prev, peer) => peer.or(prev),
-            };
-            (
-                xff,
-                xfp.or_else(|| Some(HeaderValue::from_static(f.proto))),
-                xfh.or(f.host),
-            )
-        } else {
-            (peer, Some(HeaderValue::from_static(f.proto)), f.host)
+        append_forwarded(&mut out, f, xff, xfp, xfh);
+    }
+    out
+}
+
+fn is_forwarded(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+}
+
+/// Appends the gateway's X-Forwarded-* given what the client sent.
+fn append_forwarded(
+    out: &mut HeaderMap,
+    f: Forwarding,
+    xff: Option<HeaderValue>,
+    xfp: Option<HeaderValue>,
+    xfh: Option<HeaderValue>,
+) {
+    let peer = HeaderValue::from_str(&f.peer.to_string()).ok();
+    let (xff, xfp, xfh) = if f.trusted {
+        let xff = match (xff, peer) {
+            (Some(prev), Some(peer)) => Some(join(Some(prev), &peer)),
+            (prev, peer) => peer.or(prev),
         };
-        for (name, value) in [
-            (&X_FORWARDED_FOR, xff),
-            (&X_FORWARDED_PROTO, xfp),
-            (&X_FORWARDED_HOST, xfh),
-        ] {
-            if let Some(value) = value {
-                out.append(name.clone(), value);
-            }
+        let xfp = xfp.or_else(|| Some(HeaderValue::from_static(f.proto)));
+        (xff, xfp, xfh.or(f.host))
+    } else {
+        (peer, Some(HeaderValue::from_static(f.proto)), f.host)
+    };
+    for (name, value) in [
+        (&X_FORWARDED_FOR, xff),
+        (&X_FORWARDED_PROTO, xfp),
+        (&X_FORWARDED_HOST, xfh),
+    ] {
+        if let Some(value) = value {
+            out.append(name.clone(), value);
         }
     }
-    out.insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
-    out
 }
 
 /// Strips hop-by-hop fields from the upstream's response, keeping order.
@@ -248,11 +292,46 @@ mod tests {
                 ("host", "h.example"),
                 ("x-a", "1"),
                 ("x-adsumo-signature", "abc"),
+                ("content-length", "3"),
                 ("x-b", "2"),
                 ("x-forwarded-for", "127.0.0.1"),
                 ("x-forwarded-proto", "http"),
                 ("x-forwarded-host", "h.example"),
-                ("content-length", "3"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    #[test]
+    fn plain_request_is_updated_in_place() {
+        let m = map(&[
+            ("host", "h"),
+            ("content-length", "2"),
+            ("x-adsumo-signature", "s"),
+            ("content-type", "a/b"),
+        ]);
+        let out = upstream_request_headers(
+            m,
+            &sig(),
+            Some(Forwarding {
+                peer: "192.0.2.1".parse().unwrap(),
+                trusted: false,
+                proto: "https",
+                host: Some(HeaderValue::from_static("h")),
+            }),
+            None,
+            2,
+        );
+        assert_eq!(
+            pairs(&out),
+            [
+                ("host", "h"),
+                ("content-length", "2"),
+                ("x-adsumo-signature", "s"),
+                ("content-type", "a/b"),
+                ("x-forwarded-for", "192.0.2.1"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "h"),
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))
         );

@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,7 +15,10 @@ fn main() -> ExitCode {
         .from_env_lossy();
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: in files and the journal they
+        // are noise, and they cost more than the rest of the line.
+        .with_ansi(std::io::stderr().is_terminal());
     match cli.log_format {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().flatten_event(true).init(),

@@ -49,10 +49,10 @@ async fn json_webhook_is_forwarded_unchanged() {
             "x-adsumo-signature",
             "content-type",
             "x-last",
+            "content-length",
             "x-forwarded-for",
             "x-forwarded-proto",
             "x-forwarded-host",
-            "content-length",
         ]
     );
     assert_eq!(r.header("host"), Some("hooks.test"));
