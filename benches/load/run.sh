@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# hookgate end-to-end load benchmark (issue 5).
+#
+#   benches/load/run.sh            # from anywhere in a clean clone
+#
+# What it does, all on 127.0.0.1 with free ports, in a temp dir:
+#   1. installs wrk and nginx (apt-get) if they are missing, builds
+#      target/release/hookgate;
+#   2. starts a trivial upstream (a second nginx instance: `return 200`), the
+#      hookgate gateway, and an nginx `proxy_pass` with upstream keep-alive and
+#      no verification, both proxying to that same upstream;
+#   3. checks that every target answers the signed POST with the upstream's
+#      200, and that hookgate answers 401 to a wrong signature — a
+#      misconfigured run must not report numbers;
+#   4. drives each target with the same signed POST (wrk, keep-alive,
+#      64 connections) for each body size, in rounds that interleave the
+#      targets (each run waits for a quiet machine: the box may be shared);
+#   5. prints one markdown table of medians and writes it to
+#      benches/load/results.md (with the raw per-round numbers).
+#
+# Knobs (environment):
+#   DURATION=8       seconds per measured run          ROUNDS=3   rounds (median reported)
+#   WARMUP=2         seconds of unmeasured warm-up per target and body (0: none)
+#   CONNS=64         wrk connections                   WRK_THREADS  default 1 when pinned, else nproc
+#   BODIES="1024:1KiB 262144:256KiB"                   size:label pairs
+#   PIN=auto         1: wrk+upstream on LOAD_CPU, proxy under test on PROXY_CPU (taskset);
+#                    0: no pinning; auto: pin when there are >= 2 CPUs
+#   LOAD_CPU=0 PROXY_CPU=1
+#   TLS=auto         auto: TLS rows when hookgate supports [server.tls]; 0: never; 1: required
+#   ACCESS_LOG=1     1: both proxies write an access-log line per request (as in production);
+#                    0: hookgate at HOOKGATE_LOG=warn, nginx access_log off
+#   HOOKGATE_BIN=    use this binary instead of building target/release/hookgate
+#   RESULTS=benches/load/results.md   KEEP_TMP=0 (1: keep the temp dir with configs and logs)
+#   MAX_OTHER=0.10   the machine may be shared: before each run wait (up to QUIET_WAIT=120 s)
+#   ATTEMPTS=3       until the benchmark cores are idle, and measure again (up to ATTEMPTS
+#                    times) when other processes used more than MAX_OTHER of a core
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-64}
+BODIES=${BODIES:-"1024:1KiB 262144:256KiB"}
+PIN=${PIN:-auto}
+LOAD_CPU=${LOAD_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
+TLS=${TLS:-auto}
+ACCESS_LOG=${ACCESS_LOG:-1}
+RESULTS=${RESULTS:-$HERE/results.md}
+KEEP_TMP=${KEEP_TMP:-0}
+MAX_OTHER=${MAX_OTHER:-0.10}
+ATTEMPTS=${ATTEMPTS:-3}
+QUIET_WAIT=${QUIET_WAIT:-120}
+ROUTE_PATH=/webhooks/adsumo/prod
+SECRET_ENV=HOOKGATE_BENCH_SECRET
+
+log() { echo "[load] $*" >&2; }
+die() { echo "[load] ERROR: $*" >&2; exit 1; }
+py() { python3 -B "$HERE/bench.py" "$@"; }
+
+# ----------------------------------------------------------------- tools
+install_tools() {
+  # Debian package names for the commands this script runs.
+  local -A pkg_for=([wrk]=wrk [nginx]=nginx [curl]=curl [python3]=python3
+                    [taskset]=util-linux [openssl]=openssl [strip]=binutils)
+  local missing=() cmd
+  for cmd in "${!pkg_for[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || missing+=("${pkg_for[$cmd]}")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  log "installing: ${missing[*]}"
+  local sudo=()
+  ((EUID == 0)) || sudo=(sudo)
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get; install them by hand"
+  # The nginx package may try to start the system service; we never use it
+  # (our instances have their own prefix, config and ports).
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+NGINX=nginx
+install_tools
+command -v nginx >/dev/null || NGINX=/usr/sbin/nginx
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 >= 3.8 needed"
+
+# ----------------------------------------------------------------- temp dir, cleanup
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/hookgate-load.XXXXXX")
+PIDS=()       # everything we started, killed by id on exit
+PID_NAMES=()
+
+cleanup() {
+  local rc=$? i pid
+  trap - EXIT INT TERM
+  for i in "${!PIDS[@]}"; do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
+  # Give them 5 s to exit, then KILL whatever is left (still only our pids).
+  for _ in $(seq 50); do
+    local left=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    ((left)) || break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if ((rc != 0)) || [[ $KEEP_TMP == 1 ]]; then
+    log "configs and logs kept in $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ----------------------------------------------------------------- build
+if [[ -n ${HOOKGATE_BIN:-} ]]; then
+  SRC_BIN=$HOOKGATE_BIN
+else
+  command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) to build hookgate"
+  log "building hookgate (cargo build --release)"
+  (cd "$REPO" && cargo build --release --quiet)
+  SRC_BIN=$REPO/target/release/hookgate
+fi
+[[ -x $SRC_BIN ]] || die "no hookgate binary at $SRC_BIN"
+# Run a private copy: a concurrent `cargo build` in the repo must not swap
+# the binary between the measurements and the size/version report.
+GIT_REV=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
+# Name the uncommitted changes the binary was built with, if any.
+DIRTY=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | awk '{print $2}' | paste -sd, -)
+[[ -z $DIRTY ]] || GIT_REV="$GIT_REV: uncommitted changes in $DIRTY"
+HG=$TMP/hookgate
+cp "$SRC_BIN" "$HG"
+HG_SIZE=$(stat -c %s "$HG")
+strip -o "$TMP/hookgate.stripped" "$HG"
+HG_STRIPPED=$(stat -c %s "$TMP/hookgate.stripped")
+HG_VERSION=$("$HG" --version)
+
+# ----------------------------------------------------------------- pinning
+NPROC=$(nproc)
+if [[ $PIN == auto ]]; then
+  if ((NPROC >= 2)); then PIN=1; else PIN=0; fi
+fi
+if [[ $PIN == 1 ]]; then
+  ((NPROC >= 2)) || die "PIN=1 needs 2 CPUs, this machine has $NPROC"
+  # One core generates load (wrk) and answers it (upstream); the other runs
+  # only the proxy under test, so its CPU time is not disturbed by wrk and
+  # "proxy core busy" shows whether the proxy was the bottleneck.
+  LOAD_PIN=$LOAD_CPU PROXY_PIN=$PROXY_CPU
+  WRK_THREADS=${WRK_THREADS:-1}
+  WORKERS=1   # nginx worker_processes: one per core it may use
+  PIN_NOTE="pinned with taskset: wrk + upstream on CPU $LOAD_CPU, proxy under test on CPU $PROXY_CPU (hookgate's tokio runtime therefore has 1 worker thread; nginx proxy has 1 worker)"
+else
+  LOAD_PIN="" PROXY_PIN=""
+  WRK_THREADS=${WRK_THREADS:-$NPROC}
+  WORKERS=auto
+  PIN_NOTE="not pinned: wrk, upstream and proxy share all $NPROC CPUs"
+fi
+
+# ----------------------------------------------------------------- processes
+# start_bg NAME CPU LOG CMD... : start CMD in the background (pinned to CPU if
+# set; taskset execs, so $! is the process itself) and remember its pid.
+start_bg() {
+  local name=$1 cpu=$2 logf=$3
+  shift 3
+  if [[ -n $cpu ]]; then
+    taskset -c "$cpu" "$@" >>"$logf" 2>&1 &
+  else
+    "$@" >>"$logf" 2>&1 &
+  fi
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  PID_NAMES+=("$name")
+}
+
+all_pids() {  # pid=name,... of everything we started (names for error messages)
+  local i out=()
+  for i in "${!PIDS[@]}"; do out+=("${PIDS[$i]}=${PID_NAMES[$i]// /-}"); done
+  local IFS=,; echo "${out[*]}"
+}
+
+read -r UP_PORT NG_PORT HG_PORT HG_ADMIN_PORT NGT_PORT HGT_PORT HGT_ADMIN_PORT < <(py ports 7)
+
+# nginx_conf DIR WORKERS ACCESS_LOG_LINE SERVER_BLOCK... : a self-contained
+# config (own pid file, logs and temp dirs under DIR), foreground master.
+nginx_conf() {
+  local dir=$1 workers=$2 access=$3 server=$4 extra=${5:-}
+  mkdir -p "$dir"
+  local user_line=""
+  ((EUID == 0)) && user_line="user root;"   # workers must write under $TMP
+  cat >"$dir/nginx.conf" <<EOF
+# Generated by benches/load/run.sh
+$user_line
+daemon off;
+master_process on;
+worker_processes $workers;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    $access
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy_temp;
+    fastcgi_temp_path $dir/fastcgi_temp;
+    uwsgi_temp_path $dir/uwsgi_temp;
+    scgi_temp_path $dir/scgi_temp;
+    default_type text/plain;
+    # wrk and the proxies reuse connections; nginx's default closes a
+    # keep-alive connection after 1000 requests.
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    $extra
+    $server
+}
+EOF
+}
+
+start_nginx() {   # start_nginx NAME CPU DIR PORT -> NGINX_MASTER, NGINX_WORKERS (comma list)
+  local name=$1 cpu=$2 dir=$3 port=$4
+  "$NGINX" -t -q -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    || die "$name: nginx rejected $dir/nginx.conf"
+  start_bg "$name" "$cpu" "$dir/stderr.log" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+  NGINX_MASTER=$LAST_PID
+  py wait-port "$port" --name "$name" --pid "$NGINX_MASTER" --log "$dir/error.log"
+  local w
+  for _ in $(seq 100); do  # the worker is forked right after the master binds
+    w=$(py children "$NGINX_MASTER")
+    [[ -n $w ]] && break
+    sleep 0.05
+  done
+  [[ -n $w ]] || die "$name: no nginx worker process under master $NGINX_MASTER"
+  NGINX_WORKERS=${w// /,}
+  local p; for p in $w; do PIDS+=("$p"); PID_NAMES+=("$name worker"); done
+}
+
+# Upstream: nginx answering 200 to any POST up to 2 MiB on keep-alive
+# connections. `return` reads and discards the body, so the connection stays
+# usable; the X-Bench-Upstream header lets the pre-flight check prove that a
+# proxied 200 really came from here.
+UP_DIR=$TMP/upstream
+nginx_conf "$UP_DIR" "$WORKERS" "access_log off;" "
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        client_max_body_size 2m;
+        location / { add_header X-Bench-Upstream ok always; return 200 \"ok\\n\"; }
+    }"
+start_nginx upstream "$LOAD_PIN" "$UP_DIR" "$UP_PORT"
+
+# nginx proxy_pass under test: no verification, upstream keep-alive. It is set
+# up to do the same job as hookgate, no more, no less: bodies up to 1 MiB
+# (hookgate's max_body_bytes) buffered in memory (nginx's default 16k buffer
+# would spill 256 KiB bodies to temp files), the original Host kept and the
+# X-Forwarded-* headers set, as hookgate does.
+nginx_proxy_conf() {  # nginx_proxy_conf DIR PORT TLS(0|1)
+  local dir=$1 port=$2 tls=$3 listen_extra="" tls_lines=""
+  if [[ $tls == 1 ]]; then
+    listen_extra=" ssl"
+    tls_lines="ssl_certificate $TMP/tls/cert.pem; ssl_certificate_key $TMP/tls/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;"
+  fi
+  local access="access_log off;"
+  [[ $ACCESS_LOG == 1 ]] && access="access_log $dir/access.log;"
+  nginx_conf "$dir" "$WORKERS" "$access" "
+    server {
+        listen 127.0.0.1:$port$listen_extra;
+        $tls_lines
+        client_max_body_size 1m;
+        client_body_buffer_size 1m;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+        }
+    }" "
+    upstream app {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }"
+}
+
+# hookgate under test: one route to the same upstream, secret from the env.
+export "$SECRET_ENV"
+printf -v "$SECRET_ENV" '%s' "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+HOOKGATE_LOG_LEVEL=info
+[[ $ACCESS_LOG == 1 ]] || HOOKGATE_LOG_LEVEL=warn
+
+hookgate_conf() {  # hookgate_conf FILE PORT ADMIN_PORT TLS_BLOCK
+  cat >"$1" <<EOF
+# Generated by benches/load/run.sh
+[server]
+listen = "127.0.0.1:$2"
+shutdown_timeout = "2s"
+$4
+[admin]
+listen = "127.0.0.1:$3"
+
+[[route]]
+name = "bench"
+path = "$ROUTE_PATH"
+upstream = "http://127.0.0.1:$UP_PORT"
+secret = { env = "$SECRET_ENV" }
+EOF
+}
+
+start_hookgate() {  # start_hookgate NAME CONFIG PORT -> HG_PID
+  local name=$1 conf=$2 port=$3 logf=$TMP/$1.log
+  "$HG" check --config "$conf" >/dev/null || die "$name: hookgate check rejected $conf"
+  start_bg "$name" "$PROXY_PIN" "$logf" env HOOKGATE_LOG="$HOOKGATE_LOG_LEVEL" "$HG" run --config "$conf"
+  HG_PID=$LAST_PID
+  py wait-port "$port" --name "$name" --pid "$HG_PID" --log "$logf"
+}
+
+# ----------------------------------------------------------------- bodies
+declare -a BODY_LABELS=() BODY_FILES=() BODY_SIGS=()
+for spec in $BODIES; do
+  size=${spec%%:*} label=${spec#*:}
+  f=$TMP/body-$label.json
+  py body "$size" "$f"
+  BODY_LABELS+=("$label") BODY_FILES+=("$f")
+  BODY_SIGS+=("$("$HG" sign --secret-env "$SECRET_ENV" "$f")")
+done
+
+# ----------------------------------------------------------------- targets
+# The measuring loop runs over this registry; TLS adds two entries.
+T_NAMES=() T_LABELS=() T_URLS=() T_CPU_PIDS=() T_RSS_PID=() T_CURL=()
+register_target() {  # NAME LABEL URL CPU_PIDS RSS_PID [CURL_OPTS]
+  T_NAMES+=("$1") T_LABELS+=("$2") T_URLS+=("$3") T_CPU_PIDS+=("$4") T_RSS_PID+=("$5") T_CURL+=("${6:-}")
+}
+
+# post_status URL BODY SIG [CURL_OPTS] -> "CODE UPSTREAM_MARKER"
+post_status() {
+  local url=$1 body=$2 sig=$3 opts=${4:-} hdrs code
+  hdrs=$TMP/preflight.headers
+  # shellcheck disable=SC2086  # opts is a word list such as "-k"
+  code=$(curl -sS $opts -o /dev/null -D "$hdrs" -w '%{http_code}' --max-time 10 \
+    -H 'Content-Type: application/json' -H "X-Adsumo-Signature: $sig" \
+    --data-binary "@$body" "$url") || code=curl-failed
+  if grep -qi '^x-bench-upstream: ok' "$hdrs" 2>/dev/null; then echo "$code upstream"; else echo "$code -"; fi
+}
+
+# Pre-flight: every target must relay the upstream's 200 for every body, and
+# every hookgate must refuse a wrong signature with 401 (so it is verifying).
+preflight() {
+  local i b got bad
+  for i in "${!T_NAMES[@]}"; do
+    for b in "${!BODY_LABELS[@]}"; do
+      got=$(post_status "${T_URLS[$i]}" "${BODY_FILES[$b]}" "${BODY_SIGS[$b]}" "${T_CURL[$i]}")
+      [[ $got == "200 upstream" ]] \
+        || die "pre-flight: ${T_NAMES[$i]} ${BODY_LABELS[$b]} signed POST gave '$got', want '200 upstream'"
+      if [[ ${T_NAMES[$i]} == hookgate* ]]; then
+        # Same length, one hex digit changed: only the MAC comparison can reject it.
+        bad=${BODY_SIGS[$b]}
+        [[ ${bad:0:1} == 0 ]] && bad=1${bad:1} || bad=0${bad:1}
+        got=$(post_status "${T_URLS[$i]}" "${BODY_FILES[$b]}" "$bad" "${T_CURL[$i]}")
+        [[ $got == "401 -" ]] \
+          || die "pre-flight: ${T_NAMES[$i]} ${BODY_LABELS[$b]} with a wrong signature gave '$got', want '401 -'"
+      fi
+    done
+    log "pre-flight ok: ${T_NAMES[$i]} (${T_URLS[$i]})"
+  done
+}
+
+register_target direct "direct to upstream (limit)" "http://127.0.0.1:$UP_PORT$ROUTE_PATH" "" ""
+
+NG_DIR=$TMP/nginx-proxy
+nginx_proxy_conf "$NG_DIR" "$NG_PORT" 0
+start_nginx nginx-proxy "$PROXY_PIN" "$NG_DIR" "$NG_PORT"
+NG_MASTER=$NGINX_MASTER NG_WORKERS=$NGINX_WORKERS
+NG_IDLE_RSS=$(py rss "${NG_WORKERS%%,*}")
+register_target nginx "nginx proxy_pass" "http://127.0.0.1:$NG_PORT$ROUTE_PATH" "$NG_MASTER,$NG_WORKERS" "${NG_WORKERS%%,*}"
+
+hookgate_conf "$TMP/hookgate.toml" "$HG_PORT" "$HG_ADMIN_PORT" ""
+start_hookgate hookgate "$TMP/hookgate.toml" "$HG_PORT"
+HG_IDLE_RSS=$(py rss "$HG_PID")   # before any request
+register_target hookgate "hookgate" "http://127.0.0.1:$HG_PORT$ROUTE_PATH" "$HG_PID" "$HG_PID"
+
+# ----------------------------------------------------------------- TLS rows
+# The one function for TLS: a self-signed P-256 cert, then hookgate and nginx
+# each terminating TLS and proxying over plain HTTP to the same upstream.
+# "Supported" means hookgate's config loader really loads [server.tls]: `check`
+# accepts a config with a valid cert AND rejects one whose cert file does not
+# exist (a loader that only parses the table accepts both).
+TLS_NOTE=""
+setup_tls_targets() {
+  [[ $TLS == 0 ]] && { TLS_NOTE="TLS rows: skipped (TLS=0)"; return 0; }
+  mkdir -p "$TMP/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$TMP/tls/key.pem" -out "$TMP/tls/cert.pem" 2>/dev/null
+  local block="[server.tls]
+cert = \"$TMP/tls/cert.pem\"
+key = \"$TMP/tls/key.pem\""
+  hookgate_conf "$TMP/hookgate-tls.toml" "$HGT_PORT" "$HGT_ADMIN_PORT" "$block"
+  hookgate_conf "$TMP/hookgate-tls-missing.toml" "$HGT_PORT" "$HGT_ADMIN_PORT" "${block//cert.pem/no-such-cert.pem}"
+  if ! "$HG" check --config "$TMP/hookgate-tls.toml" >/dev/null 2>&1 \
+     || "$HG" check --config "$TMP/hookgate-tls-missing.toml" >/dev/null 2>&1; then
+    TLS_NOTE="TLS rows: skipped — hookgate TLS not built yet (\`hookgate check\` does not load [server.tls] cert/key)"
+    [[ $TLS == 1 ]] && die "TLS=1 but ${TLS_NOTE#TLS rows: skipped — }"
+    log "$TLS_NOTE"
+    return 0
+  fi
+  local dir=$TMP/nginx-proxy-tls
+  nginx_proxy_conf "$dir" "$NGT_PORT" 1
+  start_nginx nginx-proxy-tls "$PROXY_PIN" "$dir" "$NGT_PORT"
+  register_target nginx+tls "nginx proxy_pass, TLS" "https://127.0.0.1:$NGT_PORT$ROUTE_PATH" \
+    "$NGINX_MASTER,$NGINX_WORKERS" "${NGINX_WORKERS%%,*}" "-k"
+  start_hookgate hookgate-tls "$TMP/hookgate-tls.toml" "$HGT_PORT"
+  register_target hookgate+tls "hookgate, TLS" "https://127.0.0.1:$HGT_PORT$ROUTE_PATH" "$HG_PID" "$HG_PID" "-k"
+  TLS_NOTE="TLS rows: TLS 1.2/1.3 with a self-signed P-256 cert, terminated by the proxy; plain HTTP to the upstream"
+}
+setup_tls_targets
+
+preflight
+
+# ----------------------------------------------------------------- measure
+RAW=$TMP/runs.jsonl
+: >"$RAW"
+
+# Access logs grow by ~200 bytes per request; empty them between runs (both
+# writers use O_APPEND) after saving any warning/error lines.
+trim_logs() {
+  local f
+  for f in "$TMP"/hookgate*.log; do
+    grep -E 'WARN|ERROR' "$f" >>"$TMP/hookgate.warnings" || true
+    : >"$f"
+  done
+  for f in "$TMP"/nginx-proxy*/access.log; do [[ -e $f ]] && : >"$f"; done
+  return 0
+}
+
+measure() {  # measure TARGET_INDEX BODY_INDEX DURATION ROUND OUT [EXTRA ARGS]
+  local i=$1 b=$2 d=$3 r=$4 out=$5
+  shift 5
+  BODY_FILE=${BODY_FILES[$b]} SIGNATURE=${BODY_SIGS[$b]} py measure \
+    --target "${T_NAMES[$i]}" --body "${BODY_LABELS[$b]}" --url "${T_URLS[$i]}" \
+    --lua "$HERE/post.lua" --duration "$d" --threads "$WRK_THREADS" --conns "$CONNS" \
+    --load-cpu "$LOAD_PIN" --proxy-cpu "$PROXY_PIN" \
+    --cpu-pids "${T_CPU_PIDS[$i]}" --rss-pid "${T_RSS_PID[$i]}" --watch-pids "$(all_pids)" \
+    --round "$r" --out "$out" --log "$TMP/wrk.log" \
+    --max-other "$MAX_OTHER" --attempts "$ATTEMPTS" --quiet-wait "$QUIET_WAIT" "$@"
+  trim_logs
+}
+
+N=${#T_NAMES[@]}
+log "measuring: ${#BODY_LABELS[@]} bodies × $ROUNDS rounds × $N targets × ${DURATION}s (+ ${WARMUP}s warm-up each)"
+# Bodies in the outer loop, smallest first: a proxy keeps memory it grew for
+# 256 KiB bodies, so the 1 KiB rows' peak RSS must be measured before any
+# large body was sent. Within a body size the targets are interleaved.
+for b in "${!BODY_LABELS[@]}"; do
+  if ((WARMUP > 0)); then  # unrecorded: fills connection pools, caches
+    for ((i = 0; i < N; i++)); do
+      measure "$i" "$b" "$WARMUP" warmup "$TMP/warmup.jsonl" --attempts 1 --quiet-wait 0
+    done
+  fi
+  for ((r = 1; r <= ROUNDS; r++)); do
+    # Rotate the target order each round so no target always runs first
+    # (or always right after the same neighbour).
+    for ((k = 0; k < N; k++)); do measure $(((k + r - 1) % N)) "$b" "$DURATION" "$r" "$RAW"; done
+  done
+done
+
+# ----------------------------------------------------------------- report
+ACCESS_NOTE="access logs: on (hookgate INFO access line per request on stderr → file; nginx access_log → file)"
+[[ $ACCESS_LOG == 1 ]] || ACCESS_NOTE="access logs: off (HOOKGATE_LOG=warn; nginx access_log off)"
+
+labels=() ; for i in "${!T_NAMES[@]}"; do labels+=(--label "${T_NAMES[$i]}=${T_LABELS[$i]}"); done
+rc=0
+py report --results "$RAW" --out "$RESULTS" --rounds "$ROUNDS" \
+  --targets "$(IFS=,; echo "${T_NAMES[*]}")" --bodies "$(IFS=,; echo "${BODY_LABELS[*]}")" \
+  "${labels[@]}" \
+  --meta "$HG_VERSION (git $GIT_REV); binary $HG_SIZE bytes, stripped $HG_STRIPPED bytes (\`strip\` on a copy)" \
+  --meta "idle RSS after start: hookgate $HG_IDLE_RSS KiB; nginx proxy worker $NG_IDLE_RSS KiB" \
+  --meta "upstream: a second nginx instance ($("$NGINX" -v 2>&1 | sed 's/.*: //'), \`return 200\`, client_max_body_size 2m, keep-alive)" \
+  --meta "load: wrk ($(wrk -v 2>&1 | head -1 | awk '{print $2}')), $WRK_THREADS thread(s), $CONNS connections, keep-alive, signed POST (X-Adsumo-Signature) from post.lua; ${DURATION}s per run, $ROUNDS interleaved rounds, ${WARMUP}s warm-up" \
+  --meta "$PIN_NOTE" \
+  --meta "$ACCESS_NOTE" \
+  --meta "$TLS_NOTE" \
+  --max-other "$MAX_OTHER" \
+  --command "DURATION=$DURATION ROUNDS=$ROUNDS benches/load/run.sh" || rc=$?
+if [[ -s $TMP/hookgate.warnings ]]; then
+  # Count distinct messages (colour codes and timestamps stripped). Expected
+  # with TLS: rustls warns once per connection that wrk sends the IP address
+  # as SNI, which RFC 6066 does not allow; it is harmless.
+  log "hookgate logged warnings/errors during the run (count, message):"
+  sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +//' "$TMP/hookgate.warnings" | sort | uniq -c | sort -rn | head -10 >&2
+fi
+log "table written to $RESULTS"
+((rc == 0)) || die "some runs had non-2xx responses or socket errors (see ❌ rows)"
