@@ -6,8 +6,6 @@
 //! `HeaderMap::remove` reorders entries (swap-remove), so instead of removing
 //! in place the map is rebuilt in one pass, moving (not copying) each value.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Connection-specific fields that never cross a proxy.
@@ -54,7 +52,8 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// What the gateway adds to a forwarded request.
 pub struct Forwarding {
-    pub peer: IpAddr,
+    /// The peer's IP, formatted once per connection.
+    pub peer: HeaderValue,
     /// The peer is a trusted proxy: append to its X-Forwarded-For and keep
     /// its X-Forwarded-Proto/Host.
     pub trusted: bool,
@@ -171,7 +170,7 @@ fn append_forwarded(
     xfp: Option<HeaderValue>,
     xfh: Option<HeaderValue>,
 ) {
-    let peer = HeaderValue::from_str(&f.peer.to_string()).ok();
+    let peer = Some(f.peer);
     let (xff, xfp, xfh) = if f.trusted {
         let xff = match (xff, peer) {
             (Some(prev), Some(peer)) => Some(join(Some(prev), &peer)),
@@ -278,7 +277,7 @@ mod tests {
             m,
             &sig(),
             Some(Forwarding {
-                peer: "127.0.0.1".parse().unwrap(),
+                peer: HeaderValue::from_static("127.0.0.1"),
                 trusted: false,
                 proto: "http",
                 host: Some(host.clone()),
@@ -314,7 +313,7 @@ mod tests {
             m,
             &sig(),
             Some(Forwarding {
-                peer: "192.0.2.1".parse().unwrap(),
+                peer: HeaderValue::from_static("192.0.2.1"),
                 trusted: false,
                 proto: "https",
                 host: Some(HeaderValue::from_static("h")),
@@ -348,7 +347,7 @@ mod tests {
             m,
             &sig(),
             Some(Forwarding {
-                peer: "10.0.0.1".parse().unwrap(),
+                peer: HeaderValue::from_static("10.0.0.1"),
                 trusted: true,
                 proto: "http",
                 host: None,

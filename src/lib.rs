@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod headers;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

@@ -163,12 +163,30 @@ impl State {
     }
 }
 
-/// The client side of a connection, as the request path needs it.
-#[derive(Debug, Clone, Copy)]
+/// The client side of a connection, as the request path needs it. Built
+/// once per connection, shared by its requests.
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP as an `X-Forwarded-For` value, formatted once.
+    pub peer_ip: HeaderValue,
+    /// `ip:port` for logs, formatted once.
+    pub peer_text: String,
     /// "http" or "https": the `X-Forwarded-Proto` value.
     pub proto: &'static str,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, proto: &'static str) -> ConnInfo {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            peer_ip,
+            peer_text: peer.to_string(),
+            proto,
+        }
+    }
 }
 
 type UpstreamClient = Client<HttpConnector, ReplayBody>;
@@ -190,7 +208,7 @@ struct Exchange {
     state: Arc<State>,
     _in_flight: InFlight,
     started: Instant,
-    peer: SocketAddr,
+    conn: Arc<ConnInfo>,
     method: Method,
     version: Version,
     route: Option<Arc<Route>>,
@@ -257,7 +275,7 @@ impl Exchange {
             body_bytes = self.body_bytes.unwrap_or(0),
             duration_us = micros(duration),
             upstream_us = self.upstream_time.map(micros),
-            peer = %self.peer,
+            peer = self.conn.peer_text.as_str(),
             protocol = protocol(self.version),
         );
     }
@@ -296,14 +314,14 @@ impl Proxy {
     /// Serves one request; never fails and never panics on peer input.
     pub async fn handle(
         self: Arc<Self>,
-        conn: ConnInfo,
+        conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Response<ResponseBody> {
         let mut ex = Exchange {
             state: self.state(),
             _in_flight: InFlight::new(&self.metrics),
             started: Instant::now(),
-            peer: conn.peer,
+            conn: conn.clone(),
             method: req.method().clone(),
             version: req.version(),
             route: None,
@@ -315,7 +333,7 @@ impl Proxy {
             outcome: Outcome::Forwarded,
         };
         let state = ex.state.clone();
-        let (response, body) = match self.handle_inner(&state, conn, req, &mut ex).await {
+        let (response, body) = match self.handle_inner(&state, &conn, req, &mut ex).await {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 (Response::from_parts(parts, ()), Inner::Upstream(body))
@@ -344,7 +362,7 @@ impl Proxy {
     async fn handle_inner(
         &self,
         state: &State,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         req: Request<Incoming>,
         ex: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
@@ -384,7 +402,7 @@ impl Proxy {
             None => host.and_then(|h| HeaderValue::from_str(h).ok()),
         };
         let forwarding = route.forwarded_headers.then(|| Forwarding {
-            peer: conn.peer.ip(),
+            peer: conn.peer_ip.clone(),
             trusted: state
                 .config
                 .server

@@ -106,10 +106,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let conn = ConnInfo {
-                        peer,
-                        proto: "http",
-                    };
+                    let conn = ConnInfo::new(peer, "http");
                     serve_connection(
                         &builder,
                         watcher,
@@ -123,10 +120,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                 Some(acceptor) => {
                     match crate::tls::accept(&acceptor, stream, handshake_timeout).await {
                         Ok(stream) => {
-                            let conn = ConnInfo {
-                                peer,
-                                proto: "https",
-                            };
+                            let conn = ConnInfo::new(peer, "https");
                             serve_connection(
                                 &builder,
                                 watcher,
@@ -178,9 +172,12 @@ async fn serve_connection<I>(
 {
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
     let service = service_fn(move |req| {
         seen.store(true, Ordering::Relaxed);
         let proxy = proxy.clone();
+        let conn = conn.clone();
         async move { Ok::<_, Infallible>(proxy.handle(conn, req).await) }
     });
     let connection = watcher.watch(builder.serve_connection(io, service));
@@ -189,13 +186,13 @@ async fn serve_connection<I>(
         result = &mut connection => result,
         () = tokio::time::sleep(first_request_timeout) => {
             if !started.load(Ordering::Relaxed) {
-                tracing::debug!(peer = %conn.peer, "no request within request_timeout; connection closed");
+                tracing::debug!(%peer, "no request within request_timeout; connection closed");
                 return;
             }
             connection.await
         }
     };
     if let Err(e) = result {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

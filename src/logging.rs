@@ -1,0 +1,204 @@
+//! Log output on stderr through `tracing`: `HOOKGATE_LOG` (EnvFilter syntax)
+//! chooses what is logged, `--log-format` how.
+//!
+//! The text format is a small hand-tuned [`FormatEvent`]: the access log
+//! writes a line for every request, and the stock formatter's colour
+//! handling and float/Debug formatting cost more CPU than the rest of the
+//! request path's bookkeeping. JSON uses tracing-subscriber's own encoder.
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+/// Default filter: info, but rustls' per-connection warnings (e.g. a client
+/// sending an IP address as SNI) only at error level, so peers cannot flood
+/// the log.
+const DEFAULT_FILTER: &str = "info,rustls=error";
+
+/// Installs the global subscriber.
+pub fn init(format: LogFormat) {
+    let filter = match std::env::var("HOOKGATE_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
+            .with_default_directive(Level::INFO.into())
+            .parse_lossy(directives),
+        _ => EnvFilter::new(DEFAULT_FILTER),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .event_format(TextLine {
+                ansi: std::io::stderr().is_terminal(),
+            })
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// `2026-11-27T21:00:09.432836Z  INFO hookgate::access: route="a" status=201 …`
+pub struct TextLine {
+    /// Colour the level when writing to a terminal.
+    pub ansi: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for TextLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        write!(
+            writer,
+            "{} ",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now())
+        )?;
+        let level = match *meta.level() {
+            Level::ERROR => ("ERROR", "\x1b[31m"),
+            Level::WARN => (" WARN", "\x1b[33m"),
+            Level::INFO => (" INFO", "\x1b[32m"),
+            Level::DEBUG => ("DEBUG", "\x1b[34m"),
+            Level::TRACE => ("TRACE", "\x1b[35m"),
+        };
+        if self.ansi {
+            write!(writer, "{}{}\x1b[0m ", level.1, level.0)?;
+        } else {
+            write!(writer, "{} ", level.0)?;
+        }
+        writer.write_str(meta.target())?;
+        writer.write_char(':')?;
+        let mut fields = Fields {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// Writes ` name=value` for each field; the message bare.
+struct Fields<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        if field.name() == "message" {
+            self.writer.write_char(' ')
+        } else {
+            write!(self.writer, " {}=", field.name())
+        }
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self.name(field).and_then(|()| {
+            let plain = field.name() == "message"
+                || (!value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'='));
+            if plain {
+                self.writer.write_str(value)
+            } else {
+                write!(self.writer, "{value:?}")
+            }
+        });
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self
+            .name(field)
+            .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self
+            .name(field)
+            .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self
+            .name(field)
+            .and_then(|()| self.writer.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self
+            .name(field)
+            .and_then(|()| write!(self.writer, "{value:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_line_shape() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || buf.clone())
+            .event_format(TextLine { ansi: false })
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "hookgate::access", route = "adsumo-prod", status = 201u16, peer = %"127.0.0.1:5", odd = "a b", up = Option::<u64>::None, "done");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line = text.trim_end();
+        let (ts, rest) = line.split_once(' ').unwrap();
+        assert!(ts.ends_with('Z') && ts.contains('T'), "{line}");
+        assert_eq!(
+            rest,
+            " INFO hookgate::access: done route=adsumo-prod status=201 peer=127.0.0.1:5 odd=\"a b\""
+        );
+    }
+}
