@@ -17,7 +17,7 @@ use crate::admin::{self, Readiness};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::lifecycle::{self, StopSignals};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, State};
+use crate::proxy::Proxy;
 use crate::secret::{Environment, ProcessEnv};
 use crate::server;
 use crate::verify::Key;
@@ -166,7 +166,7 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
     metrics.config_loaded(true);
     let routes = config.routes.len();
     let tls = config.server.tls.is_some();
-    let proxy = Arc::new(Proxy::new(State::new(config, &metrics), metrics.clone()));
+    let proxy = Arc::new(Proxy::new(config, metrics.clone()));
     let ready = Arc::new(Readiness::default());
     let admin = tokio::spawn(admin::serve(admin_listener, metrics.clone(), ready.clone()));
     let env: Arc<dyn crate::secret::Environment + Send + Sync> = Arc::new(ProcessEnv);

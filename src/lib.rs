@@ -36,4 +36,5 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod tls;
+pub mod upstream;
 pub mod verify;

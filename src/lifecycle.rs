@@ -13,7 +13,7 @@ use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::{Config, ConfigError};
-use crate::proxy::{Proxy, State};
+use crate::proxy::Proxy;
 use crate::secret::Environment;
 
 /// Installs the SIGTERM and SIGINT handlers. Done before the listeners are
@@ -87,7 +87,7 @@ pub fn reload(proxy: &Proxy, path: &Path, env: &dyn Environment) -> Result<usize
         tracing::warn!("limits.max_connections changed; the new value applies after a restart");
     }
     let routes = new.routes.len();
-    proxy.replace_state(State::new(new, proxy.metrics()));
+    proxy.replace_config(new);
     Ok(routes)
 }
 

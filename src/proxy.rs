@@ -18,20 +18,18 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme as UriScheme};
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use crate::body::{self, BodyError, ReplayBody};
+use crate::body::{self, BodyError};
 use crate::config::{Config, Route};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::RouteTable;
+use crate::upstream::{Lease, Pool, UpstreamError, Upstreams};
 use crate::verify::{self, VerifyError};
 
 /// What happened to a request, as the `outcome` metric label and log field.
@@ -97,8 +95,8 @@ pub enum ProxyError {
     ContentLengthTooLarge,
     #[error(transparent)]
     Body(BodyError),
-    #[error("upstream request failed: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Upstream(UpstreamError),
     #[error("upstream did not answer within upstream_timeout")]
     UpstreamTimeout,
     #[error("cannot build the upstream URI: {0}")]
@@ -145,20 +143,31 @@ pub struct State {
     pub routes: RouteTable,
     /// Per-route metric handles, indexed by [`Route::index`].
     route_metrics: Vec<RouteMetrics>,
+    /// Per-route upstream pools, indexed by [`Route::index`].
+    route_pools: Vec<Arc<Pool>>,
 }
 
 impl State {
-    pub fn new(config: Config, metrics: &Metrics) -> State {
+    /// Resolves everything a request will need per route: metric handles
+    /// and upstream pools (shared with earlier states, so a reload keeps
+    /// both the counters and the keep-alive connections).
+    pub fn new(config: Config, metrics: &Metrics, upstreams: &Upstreams) -> State {
         let routes = RouteTable::new(&config.routes);
         let route_metrics = config
             .routes
             .iter()
             .map(|r| metrics.route(&r.name))
             .collect();
+        let route_pools = config
+            .routes
+            .iter()
+            .map(|r| upstreams.pool(&r.upstream.authority))
+            .collect();
         State {
             config,
             routes,
             route_metrics,
+            route_pools,
         }
     }
 }
@@ -189,14 +198,12 @@ impl ConnInfo {
     }
 }
 
-type UpstreamClient = Client<HttpConnector, ReplayBody>;
-
 /// The gateway's request handler: current state plus what outlives a
-/// reload (the pooled upstream client, so keep-alive connections survive,
-/// and the metrics).
+/// reload (the upstream pools, so keep-alive connections survive, and the
+/// metrics).
 pub struct Proxy {
     state: ArcSwap<State>,
-    client: UpstreamClient,
+    upstreams: Upstreams,
     metrics: Arc<Metrics>,
 }
 
@@ -219,6 +226,9 @@ struct Exchange {
     body_done: bool,
     upstream_time: Option<Duration>,
     upstream_status: Option<StatusCode>,
+    /// The upstream connection, returned to its pool once the response
+    /// body has been relayed to its end.
+    lease: Option<Lease>,
     status: StatusCode,
     outcome: Outcome,
 }
@@ -282,17 +292,13 @@ impl Exchange {
 }
 
 impl Proxy {
-    pub fn new(state: State, metrics: Arc<Metrics>) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+    /// A proxy serving `config`.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Proxy {
+        let upstreams = Upstreams::default();
+        let state = State::new(config, &metrics, &upstreams);
         Proxy {
             state: ArcSwap::from_pointee(state),
-            client,
+            upstreams,
             metrics,
         }
     }
@@ -302,8 +308,10 @@ impl Proxy {
         self.state.load_full()
     }
 
-    /// Swaps in a new snapshot; requests already in flight keep theirs.
-    pub fn replace_state(&self, state: State) {
+    /// Swaps in a new configuration; requests already in flight keep the
+    /// state they started with.
+    pub fn replace_config(&self, config: Config) {
+        let state = State::new(config, &self.metrics, &self.upstreams);
         self.state.store(Arc::new(state));
     }
 
@@ -329,6 +337,7 @@ impl Proxy {
             body_done: req.body().is_end_stream(),
             upstream_time: None,
             upstream_status: None,
+            lease: None,
             status: StatusCode::OK,
             outcome: Outcome::Forwarded,
         };
@@ -426,13 +435,18 @@ impl Proxy {
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = headers;
 
+        let pool = state
+            .route_pools
+            .get(route.index)
+            .ok_or(ProxyError::NoRoute)?;
         let sent = Instant::now();
-        let response =
-            tokio::time::timeout(route.upstream_timeout, self.client.request(upstream_req))
+        let (response, lease) =
+            tokio::time::timeout(route.upstream_timeout, pool.send(upstream_req))
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)?
                 .map_err(ProxyError::Upstream)?;
         ex.upstream_time = Some(sent.elapsed());
+        ex.lease = Some(lease);
         ex.upstream_status = Some(response.status());
 
         let (mut parts, body) = response.into_parts();
@@ -485,8 +499,9 @@ fn valid_host(h: &str) -> bool {
             .is_ok_and(|a| a.as_str() == h && !h.contains('@'))
 }
 
-/// The upstream URI: the route's origin plus the request's path and query,
-/// or the route's fixed path plus the request's query.
+/// The upstream request target in origin form (hyper's connection API
+/// writes the URI as given): the request's path and query, or the route's
+/// fixed path plus the request's query.
 fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, http::Error> {
     let path_and_query = match (&route.upstream.fixed_path, uri.query()) {
         (None, _) => uri
@@ -497,11 +512,7 @@ fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, http::Error> {
         (Some(fixed), Some(query)) => PathAndQuery::try_from(format!("{}?{query}", fixed.path()))
             .map_err(http::Error::from)?,
     };
-    Uri::builder()
-        .scheme(UriScheme::HTTP)
-        .authority(route.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    Ok(Uri::from(path_and_query))
 }
 
 /// A response the gateway writes itself: short `text/plain` naming only the
@@ -550,7 +561,16 @@ enum Inner {
 
 impl ResponseBody {
     fn finish(&mut self) {
-        if let Some(ex) = self.exchange.take() {
+        if let Some(mut ex) = self.exchange.take() {
+            // The upstream connection can carry another request only if its
+            // response was read to the end.
+            let complete = match &self.inner {
+                Inner::Upstream(body) => body.is_end_stream(),
+                Inner::Full(_) => false,
+            };
+            if let (true, Some(lease)) = (complete, ex.lease.take()) {
+                lease.release();
+            }
             ex.finish(&self.proxy.metrics);
         }
     }
@@ -607,23 +627,9 @@ mod tests {
     /// produce (SPEC §2).
     #[test]
     fn status_table() {
-        let timeout_err = {
-            // A real client error value for the Upstream variant.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let client: UpstreamClient =
-                    Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let addr = listener.local_addr().unwrap();
-                drop(listener);
-                let req = Request::post(format!("http://{addr}/"))
-                    .body(body::Frames::default().into_body())
-                    .unwrap();
-                client.request(req).await.unwrap_err()
-            })
+        let refused = UpstreamError::Connect {
+            authority: http::uri::Authority::from_static("127.0.0.1:9"),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         let uri_err = Uri::builder().scheme("http").build().unwrap_err();
         let cases: Vec<(ProxyError, u16, &str)> = vec![
@@ -663,7 +669,7 @@ mod tests {
                 400,
                 "bad_request",
             ),
-            (ProxyError::Upstream(timeout_err), 502, "upstream_error"),
+            (ProxyError::Upstream(refused), 502, "upstream_error"),
             (ProxyError::UpstreamUri(uri_err), 502, "upstream_error"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
         ];

@@ -361,3 +361,48 @@ async fn node_reference_signature_passes_and_tampering_fails() {
     assert_eq!(got[0].body, JSON);
     gw.stop().await;
 }
+
+/// Upstream connections are kept alive and reused: sequential webhooks
+/// from several clients travel over one upstream connection.
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&two_routes(upstream.addr, "")).await;
+    for _ in 0..5 {
+        let (resp, _) = raw(
+            gw.addr,
+            &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, ""),
+        )
+        .await;
+        assert_eq!(resp.status, 201);
+        assert_eq!(resp.body, UPSTREAM_BODY);
+    }
+    assert_eq!(upstream.count(), 5);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    gw.stop().await;
+}
+
+/// An upstream that closes each keep-alive connection right after its
+/// response never costs a webhook: a closed idle connection is skipped, or
+/// the request it refused unsent is retried on a new connection.
+#[tokio::test]
+async fn upstream_closing_idle_connections_loses_nothing() {
+    let upstream = Upstream::start(Behaviour::RespondThenClose).await;
+    let gw = Gateway::start(&two_routes(upstream.addr, "")).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    for i in 0..50 {
+        stream
+            .write_all(&post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, ""))
+            .await
+            .unwrap();
+        let resp = read_response(&mut stream).await;
+        assert_eq!(resp.status, 201, "request {i}");
+    }
+    assert_eq!(upstream.count(), 50);
+    gw.stop().await;
+}

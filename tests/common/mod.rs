@@ -11,7 +11,7 @@ use std::time::Duration;
 use hookgate::admin::Readiness;
 use hookgate::config::Config;
 use hookgate::metrics::Metrics;
-use hookgate::proxy::{Proxy, State};
+use hookgate::proxy::Proxy;
 use hookgate::verify::Key;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,6 +75,8 @@ pub enum Behaviour {
     Hang,
     /// Answer after a delay.
     Delay(Duration),
+    /// Answer like `Respond` (keep-alive), then close the connection.
+    RespondThenClose,
 }
 
 pub const UPSTREAM_BODY: &[u8] = br#"{"received":true}"#;
@@ -82,6 +84,8 @@ pub const UPSTREAM_BODY: &[u8] = br#"{"received":true}"#;
 pub struct Upstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -89,17 +93,24 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let log = requests.clone();
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let log = log.clone();
                 tokio::spawn(serve_upstream_conn(stream, log, behaviour));
             }
         });
-        Upstream { addr, requests }
+        Upstream {
+            addr,
+            requests,
+            connections,
+        }
     }
 
     pub fn received(&self) -> Vec<Recorded> {
@@ -173,7 +184,7 @@ async fn serve_upstream_conn(
                 return;
             }
             Behaviour::Delay(d) => tokio::time::sleep(d).await,
-            Behaviour::Respond => {}
+            Behaviour::Respond | Behaviour::RespondThenClose => {}
         }
         let head = format!(
             "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nx-upstream: recorder\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n",
@@ -182,6 +193,9 @@ async fn serve_upstream_conn(
         if stream.write_all(head.as_bytes()).await.is_err()
             || stream.write_all(UPSTREAM_BODY).await.is_err()
         {
+            return;
+        }
+        if let Behaviour::RespondThenClose = behaviour {
             return;
         }
     }
@@ -209,7 +223,7 @@ impl Gateway {
         let admin = admin_listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         metrics.config_loaded(true);
-        let proxy = Arc::new(Proxy::new(State::new(config, &metrics), metrics.clone()));
+        let proxy = Arc::new(Proxy::new(config, metrics.clone()));
         let ready = Arc::new(Readiness::default());
         ready.set(true);
         tokio::spawn(hookgate::admin::serve(admin_listener, metrics, ready));
