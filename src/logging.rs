@@ -11,6 +11,7 @@ use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -18,19 +19,22 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
-/// Default filter: info, but rustls' per-connection warnings (e.g. a client
-/// sending an IP address as SNI) only at error level, so peers cannot flood
+/// rustls warns once per connection about things a peer controls (e.g. an
+/// IP address sent as SNI, which wrk and many clients do): kept at error
+/// level unless `HOOKGATE_LOG` names rustls itself, so peers cannot flood
 /// the log.
-const DEFAULT_FILTER: &str = "info,rustls=error";
+const RUSTLS_QUIET: &str = "rustls=error";
 
 /// Installs the global subscriber.
 pub fn init(format: LogFormat) {
-    let filter = match std::env::var("HOOKGATE_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
-            .with_default_directive(Level::INFO.into())
-            .parse_lossy(directives),
-        _ => EnvFilter::new(DEFAULT_FILTER),
+    let directives = match std::env::var("HOOKGATE_LOG") {
+        Ok(d) if !d.trim().is_empty() && d.contains("rustls") => d,
+        Ok(d) if !d.trim().is_empty() => format!("{d},{RUSTLS_QUIET}"),
+        _ => format!("info,{RUSTLS_QUIET}"),
     };
+    let filter = EnvFilter::builder()
+        .with_default_directive(Level::INFO.into())
+        .parse_lossy(directives);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -61,7 +65,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // Records bridged from the `log` crate (rustls) carry their real
+        // target and level in normalized metadata.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         write!(
             writer,
             "{} ",
@@ -98,6 +105,12 @@ struct Fields<'a, 'w> {
 }
 
 impl Fields<'_, '_> {
+    /// After an error, and for the `log.*` fields of bridged `log` records
+    /// (already shown as target and level).
+    fn skip(&self, field: &Field) -> bool {
+        self.result.is_err() || field.name().starts_with("log.")
+    }
+
     fn name(&mut self, field: &Field) -> fmt::Result {
         if field.name() == "message" {
             self.writer.write_char(' ')
@@ -109,7 +122,7 @@ impl Fields<'_, '_> {
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_err() {
+        if self.skip(field) {
             return;
         }
         self.result = self.name(field).and_then(|()| {
@@ -127,7 +140,7 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_err() {
+        if self.skip(field) {
             return;
         }
         self.result = self
@@ -136,7 +149,7 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.result.is_err() {
+        if self.skip(field) {
             return;
         }
         self.result = self
@@ -145,7 +158,7 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.result.is_err() {
+        if self.skip(field) {
             return;
         }
         self.result = self
@@ -154,7 +167,7 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
+        if self.skip(field) {
             return;
         }
         self.result = self
