@@ -54,10 +54,9 @@ fn http_builder(limits: &Limits) -> Builder {
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish for up to `server.shutdown_timeout`.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    let state = proxy.state();
-    let builder = http_builder(&state.config.limits);
-    let slots = Arc::new(Semaphore::new(state.config.limits.max_connections));
-    drop(state);
+    let mut built_for = proxy.state();
+    let mut builder = http_builder(&built_for.config.limits);
+    let slots = Arc::new(Semaphore::new(built_for.config.limits.max_connections));
 
     let graceful = GracefulShutdown::new();
     let mut backoff = Duration::ZERO;
@@ -88,9 +87,13 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // Read per connection so a reload's new certificate applies to new
-        // connections.
+        // Read per connection so a reload's new certificate and limits
+        // apply to new connections.
         let state = proxy.state();
+        if !Arc::ptr_eq(&state, &built_for) {
+            builder = http_builder(&state.config.limits);
+            built_for = state.clone();
+        }
         let tls = state
             .config
             .server
@@ -100,39 +103,20 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         let handshake_timeout = state.config.limits.handshake_timeout;
         let request_timeout = state.config.limits.request_timeout;
         drop(state);
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let proxy = proxy.clone();
+        let task = ConnTask {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            proxy: proxy.clone(),
+            request_timeout,
+        };
         tokio::spawn(async move {
             match tls {
-                None => {
-                    let conn = ConnInfo::new(peer, "http");
-                    serve_connection(
-                        &builder,
-                        watcher,
-                        TokioIo::new(stream),
-                        conn,
-                        proxy,
-                        request_timeout,
-                    )
-                    .await;
-                }
+                None => task.serve(stream, ConnInfo::new(peer, "http")).await,
                 Some(acceptor) => {
                     match crate::tls::accept(&acceptor, stream, handshake_timeout).await {
-                        Ok(stream) => {
-                            let conn = ConnInfo::new(peer, "https");
-                            serve_connection(
-                                &builder,
-                                watcher,
-                                TokioIo::new(stream),
-                                conn,
-                                proxy,
-                                request_timeout,
-                            )
-                            .await;
-                        }
+                        Ok(stream) => task.serve(stream, ConnInfo::new(peer, "https")).await,
                         Err(e) => {
-                            proxy.metrics().tls_handshake_errors.inc();
+                            task.proxy.metrics().tls_handshake_errors.inc();
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         }
                     }
@@ -154,45 +138,52 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     }
 }
 
-/// Serves one connection. A connection that has not started a request
-/// within `first_request_timeout` of being accepted (or of its TLS
-/// handshake) is closed: hyper's header timeout only starts once it has
-/// told HTTP/1 from an HTTP/2 preface, so without this a silent socket, or
-/// an HTTP/2 connection that never opens a stream, would hold a
-/// connection slot and a descriptor forever.
-async fn serve_connection<I>(
-    builder: &Builder,
+/// What a connection's task needs to serve it.
+struct ConnTask {
+    builder: Builder,
     watcher: Watcher,
-    io: TokioIo<I>,
-    conn: ConnInfo,
     proxy: Arc<Proxy>,
-    first_request_timeout: Duration,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let started = Arc::new(AtomicBool::new(false));
-    let seen = started.clone();
-    let peer = conn.peer;
-    let conn = Arc::new(conn);
-    let service = service_fn(move |req| {
-        seen.store(true, Ordering::Relaxed);
-        let proxy = proxy.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(conn, req).await) }
-    });
-    let connection = watcher.watch(builder.serve_connection(io, service));
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = &mut connection => result,
-        () = tokio::time::sleep(first_request_timeout) => {
-            if !started.load(Ordering::Relaxed) {
-                tracing::debug!(%peer, "no request within request_timeout; connection closed");
-                return;
+    request_timeout: Duration,
+}
+
+impl ConnTask {
+    /// Serves one connection. A connection that has not started a request
+    /// within `request_timeout` of being accepted (or of its TLS handshake)
+    /// is closed: hyper's header timeout only starts once it has told
+    /// HTTP/1 from an HTTP/2 preface, so without this a silent socket, or an
+    /// HTTP/2 connection that never opens a stream, would hold a connection
+    /// slot and a descriptor forever.
+    async fn serve<I>(self, io: I, conn: ConnInfo)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let started = Arc::new(AtomicBool::new(false));
+        let seen = started.clone();
+        let peer = conn.peer;
+        let conn = Arc::new(conn);
+        let proxy = self.proxy;
+        let service = service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
+            let proxy = proxy.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(conn, req).await) }
+        });
+        let connection = self
+            .watcher
+            .watch(self.builder.serve_connection(TokioIo::new(io), service));
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = &mut connection => result,
+            () = tokio::time::sleep(self.request_timeout) => {
+                if !started.load(Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no request within request_timeout; connection closed");
+                    return;
+                }
+                connection.await
             }
-            connection.await
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

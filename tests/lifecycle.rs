@@ -349,64 +349,6 @@ const RELOAD_SUCCESSES: &str = "hookgate_config_reloads_total{result=\"success\"
 // ---------------------------------------------------------------------------
 // Clients that report failures instead of panicking.
 
-/// Reads one response (head + Content-Length body) from any stream.
-async fn try_read_response<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    within: Duration,
-) -> Result<RawResponse, String> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut buf = Vec::new();
-    let (n, status, headers) = loop {
-        let mut hs = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut hs);
-        if let Ok(httparse::Status::Complete(n)) = resp.parse(&buf) {
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
-            break (n, resp.code.unwrap(), headers);
-        }
-        let mut chunk = [0u8; 8192];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => return Err(format!("no response within {within:?}")),
-            Ok(Err(e)) => return Err(format!("read error before a response: {e}")),
-            Ok(Ok(0)) => {
-                return Err(format!(
-                    "closed before a response; got {:?}",
-                    String::from_utf8_lossy(&buf)
-                ))
-            }
-            Ok(Ok(got)) => buf.extend_from_slice(&chunk[..got]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-    let mut body = buf[n..].to_vec();
-    let cl = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
-    while body.len() < cl {
-        let mut chunk = [0u8; 8192];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(got)) if got > 0 => body.extend_from_slice(&chunk[..got]),
-            _ => return Err("closed or stalled mid-body".into()),
-        }
-    }
-    body.truncate(cl);
-    Ok(RawResponse {
-        status,
-        head,
-        headers,
-        body,
-    })
-}
-
 /// One request on a new connection; any failure is returned as text.
 async fn try_request(addr: SocketAddr, request: &[u8]) -> Result<RawResponse, String> {
     let mut stream = TcpStream::connect(addr)

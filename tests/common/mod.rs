@@ -321,8 +321,22 @@ impl RawResponse {
     }
 }
 
-/// Reads one response (head + Content-Length or chunked body) from `stream`.
+/// Reads one response (head + Content-Length or chunked body) from `stream`,
+/// panicking if none arrives within 10 s.
 pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
+    try_read_response(stream, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Reads one response (head + Content-Length or chunked body) from any
+/// stream within `within`; a close, a read error or a timeout is returned
+/// as text.
+pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Result<RawResponse, String> {
+    let deadline = tokio::time::Instant::now() + within;
     let mut buf = Vec::new();
     let (n, status, headers) = loop {
         let mut hs = [httparse::EMPTY_HEADER; 64];
@@ -338,57 +352,59 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
                     )
                 })
                 .collect();
-            break (n, resp.code.unwrap(), headers);
+            break (n, resp.code.unwrap_or(0), headers);
         }
-        let mut chunk = [0u8; 8192];
-        let got = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("response head not received within 10s")
-            .unwrap();
-        assert!(
-            got > 0,
-            "connection closed before a response head; got {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..got]);
+        read_more(stream, &mut buf, deadline, within).await?;
     };
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-    let mut rest = buf[n..].to_vec();
     let cl = headers
         .iter()
         .find(|(k, _)| k == "content-length")
-        .map(|(_, v)| v.parse::<usize>().unwrap());
+        .and_then(|(_, v)| v.parse::<usize>().ok());
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let body = if let Some(cl) = cl {
-        while rest.len() < cl {
-            let mut chunk = [0u8; 8192];
-            let got = stream.read(&mut chunk).await.unwrap();
-            assert!(got > 0, "closed mid-body");
-            rest.extend_from_slice(&chunk[..got]);
+        while buf.len() < n + cl {
+            read_more(stream, &mut buf, deadline, within).await?;
         }
-        rest.truncate(cl);
-        rest
+        buf[n..n + cl].to_vec()
     } else if chunked {
-        loop {
-            if rest.windows(5).any(|w| w == b"0\r\n\r\n") {
-                break;
-            }
-            let mut chunk = [0u8; 8192];
-            let got = stream.read(&mut chunk).await.unwrap();
-            assert!(got > 0, "closed mid-chunked-body");
-            rest.extend_from_slice(&chunk[..got]);
+        while !buf[n..].windows(5).any(|w| w == b"0\r\n\r\n") {
+            read_more(stream, &mut buf, deadline, within).await?;
         }
-        dechunk(&rest)
+        dechunk(&buf[n..])
     } else {
         Vec::new()
     };
-    RawResponse {
+    Ok(RawResponse {
         status,
         head,
         headers,
         body,
+    })
+}
+
+/// Appends what the next read brings; EOF, errors and the deadline are
+/// errors.
+async fn read_more<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+    within: Duration,
+) -> Result<(), String> {
+    let mut chunk = [0u8; 8192];
+    match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+        Err(_) => Err(format!("no complete response within {within:?}")),
+        Ok(Err(e)) => Err(format!("read error: {e}")),
+        Ok(Ok(0)) => Err(format!(
+            "connection closed; got {:?}",
+            String::from_utf8_lossy(buf)
+        )),
+        Ok(Ok(got)) => {
+            buf.extend_from_slice(&chunk[..got]);
+            Ok(())
+        }
     }
 }
 
