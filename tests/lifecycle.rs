@@ -414,17 +414,7 @@ fn make_cert() -> TestCert {
 
 /// A TLS client that trusts only `cert`.
 fn connector(cert: &TestCert) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
+    tls_connector(cert.der.clone(), &[b"http/1.1"])
 }
 
 /// A valid webhook to /webhooks/a over a new TLS connection.

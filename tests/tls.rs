@@ -5,7 +5,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,17 +52,7 @@ fn tls_config(upstream: SocketAddr, cert: &TestCert, extra_limits: &str) -> Stri
 }
 
 fn connector(cert: &TestCert, alpn: &[&[u8]]) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TlsConnector::from(Arc::new(config))
+    tls_connector(cert.der.clone(), alpn)
 }
 
 async fn tls_connect(

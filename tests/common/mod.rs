@@ -134,16 +134,7 @@ async fn serve_upstream_conn(
             let mut headers = [httparse::EMPTY_HEADER; 128];
             let mut req = httparse::Request::new(&mut headers);
             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let headers: Vec<(String, String)> = req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = lowercase_headers(req.headers);
                 let cl = headers
                     .iter()
                     .find(|(n, _)| n == "content-length")
@@ -342,16 +333,7 @@ pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
         let mut hs = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut hs);
         if let Ok(httparse::Status::Complete(n)) = resp.parse(&buf) {
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = lowercase_headers(resp.headers);
             break (n, resp.code.unwrap_or(0), headers);
         }
         read_more(stream, &mut buf, deadline, within).await?;
@@ -383,6 +365,38 @@ pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
         headers,
         body,
     })
+}
+
+/// Parsed header fields as (lower-case name, value) in wire order.
+fn lowercase_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A TLS client (aws-lc-rs, like the gateway) that trusts only `cert` and
+/// offers `alpn`.
+pub fn tls_connector(
+    cert: rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// Appends what the next read brings; EOF, errors and the deadline are
