@@ -170,6 +170,12 @@ impl State {
             route_pools,
         }
     }
+
+    /// The upstream pool of a route of this state. Routes and pools are
+    /// built from the same list, so the index is always in range.
+    fn pool(&self, route: &Route) -> &Arc<Pool> {
+        &self.route_pools[route.index]
+    }
 }
 
 /// The client side of a connection, as the request path needs it. Built
@@ -435,10 +441,7 @@ impl Proxy {
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = headers;
 
-        let pool = state
-            .route_pools
-            .get(route.index)
-            .ok_or(ProxyError::NoRoute)?;
+        let pool = state.pool(route);
         let sent = Instant::now();
         let (response, lease) =
             tokio::time::timeout(route.upstream_timeout, pool.send(upstream_req))
