@@ -122,7 +122,10 @@ else
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) to build hookgate"
   log "building hookgate (cargo build --release)"
   (cd "$REPO" && cargo build --release --quiet)
-  SRC_BIN=$REPO/target/release/hookgate
+  # Honour CARGO_TARGET_DIR (relative paths are relative to the repo).
+  target_dir=${CARGO_TARGET_DIR:-target}
+  case $target_dir in /*) ;; *) target_dir=$REPO/$target_dir ;; esac
+  SRC_BIN=$target_dir/release/hookgate
 fi
 [[ -x $SRC_BIN ]] || die "no hookgate binary at $SRC_BIN"
 # Run a private copy: a concurrent `cargo build` in the repo must not swap
