@@ -195,8 +195,22 @@ fn append_forwarded(
 /// Strips hop-by-hop fields from the upstream's response, keeping order.
 pub fn client_response_headers(mut upstream: HeaderMap) -> HeaderMap {
     let named = connection_named(&upstream);
-    let needs_rewrite = !named.is_empty() || HOP_BY_HOP.iter().any(|h| upstream.contains_key(h));
-    if !needs_rewrite {
+    let hop_names = upstream.keys().filter(|n| is_hop_by_hop(n)).count();
+    if named.is_empty() && hop_names == 0 {
+        return upstream;
+    }
+    // The usual case (nginx, most servers): one `Connection: keep-alive`
+    // as the last field. Removing the last entry moves nothing, so order is
+    // kept without rebuilding the map.
+    let only_trailing_connection = named.is_empty()
+        && hop_names == 1
+        && upstream.get_all(header::CONNECTION).iter().count() == 1
+        && upstream
+            .iter()
+            .last()
+            .is_some_and(|(name, _)| name == header::CONNECTION);
+    if only_trailing_connection {
+        upstream.remove(header::CONNECTION);
         return upstream;
     }
     let mut out = HeaderMap::with_capacity(upstream.len());
@@ -365,6 +379,29 @@ mod tests {
         let out = upstream_request_headers(m, &sig(), None, Some("a.example"), 0);
         assert_eq!(out[&X_FORWARDED_FOR], "1.1.1.1");
         assert_eq!(out[header::HOST], "a.example");
+    }
+
+    #[test]
+    fn trailing_keep_alive_is_dropped_in_place() {
+        let m = map(&[
+            ("server", "x"),
+            ("content-length", "2"),
+            ("connection", "keep-alive"),
+        ]);
+        assert_eq!(
+            pairs(&client_response_headers(m)),
+            [("server", "x"), ("content-length", "2")].map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        let m = map(&[
+            ("connection", "keep-alive"),
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "3"),
+        ]);
+        assert_eq!(
+            pairs(&client_response_headers(m)),
+            [("a", "1"), ("b", "2"), ("c", "3")].map(|(a, b)| (a.to_string(), b.to_string()))
+        );
     }
 
     #[test]
