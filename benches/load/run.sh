@@ -154,7 +154,7 @@ if [[ $PIN == 1 ]]; then
   LOAD_PIN=$LOAD_CPU PROXY_PIN=$PROXY_CPU
   WRK_THREADS=${WRK_THREADS:-1}
   WORKERS=1   # nginx worker_processes: one per core it may use
-  PIN_NOTE="pinned with taskset: wrk + upstream on CPU $LOAD_CPU, proxy under test on CPU $PROXY_CPU (hookgate's tokio runtime therefore has 1 worker thread; nginx proxy has 1 worker)"
+  PIN_NOTE="pinned with taskset: wrk + upstream on CPU $LOAD_CPU, proxy under test on CPU $PROXY_CPU (hookgate therefore runs its single-threaded runtime; nginx proxy has 1 worker)"
 else
   LOAD_PIN="" PROXY_PIN=""
   WRK_THREADS=${WRK_THREADS:-$NPROC}
