@@ -14,12 +14,14 @@
 //!   allocation);
 //! - [`body`]: reads the body frame by frame under the limits, keeps the
 //!   frames and replays them upstream;
-//! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
+//! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
+//! - [`upstream`]: keep-alive connection pools per upstream origin.
 //!
 //! Around it: [`config`] (TOML → validated config with prepared HMAC keys),
 //! [`secret`] (env/file/credential secrets that never print), [`metrics`]
 //! (Prometheus, handles resolved at load), [`admin`] (`/metrics`, `/healthz`,
-//! `/readyz`), [`cli`] and [`lifecycle`] (signals, reload, systemd notify).
+//! `/readyz`), [`logging`] (stderr lines, text or JSON), [`cli`] and
+//! [`lifecycle`] (signals, reload, systemd notify).
 
 #![forbid(unsafe_code)]
 
