@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -25,28 +24,19 @@ async fn one_line_per_request_without_secrets() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&path)
-        .env("SECRET_A", SECRET_A)
-        .env("SECRET_B", SECRET_B)
-        .env("HOOKGATE_LOG", "debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut all = Vec::new();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("exited before listening: {all:#?}"))
-            .unwrap();
-        all.push(line.clone());
-        if line.contains("hookgate serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["listen"].as_str().unwrap().parse().unwrap();
-        }
-    };
+    let Running {
+        mut child,
+        addr,
+        lines,
+        seen: mut all,
+    } = spawn_run(
+        &path,
+        &[
+            ("SECRET_A", SECRET_A),
+            ("SECRET_B", SECRET_B),
+            ("HOOKGATE_LOG", "debug"),
+        ],
+    );
 
     let body = format!("{{\"event\":\"generation.completed\",\"note\":\"{CANARY}\"}}");
     let good = sign(SECRET_A, body.as_bytes());

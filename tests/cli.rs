@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -210,25 +209,12 @@ async fn run_serves_then_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&path)
-        .env("SECRET_A", SECRET_A)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    // The gateway logs its bound address once it is listening.
-    let addr: std::net::SocketAddr = loop {
-        let line = lines
-            .next()
-            .expect("gateway exited before listening")
-            .unwrap();
-        if line.contains("hookgate serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["listen"].as_str().unwrap().parse().unwrap();
-        }
-    };
+    let Running {
+        mut child,
+        addr,
+        lines,
+        ..
+    } = spawn_run(&path, &[("SECRET_A", SECRET_A)]);
     let body = b"{\"event\":\"generation.completed\"}";
     let (resp, _) = raw(
         addr,

@@ -471,3 +471,49 @@ pub fn post(path: &str, signature: Option<&str>, body: &[u8], extra: &str) -> Ve
     bytes.extend_from_slice(body);
     bytes
 }
+
+// ---------------------------------------------------------------------------
+// The real binary.
+
+/// A `hookgate run --log-format json` process that is listening.
+pub struct Running {
+    pub child: std::process::Child,
+    /// The bound data-plane address, from the "hookgate serving" line.
+    pub addr: SocketAddr,
+    /// The rest of stderr.
+    pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    /// The lines read before the process was listening.
+    pub seen: Vec<String>,
+}
+
+/// Starts the binary on `config` with `env` and waits for the line that
+/// says it is listening.
+pub fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Running {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("exited before listening: {seen:#?}"))
+            .unwrap();
+        seen.push(line.clone());
+        if line.contains("hookgate serving") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            break v["listen"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    Running {
+        child,
+        addr,
+        lines,
+        seen,
+    }
+}
