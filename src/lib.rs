@@ -6,7 +6,8 @@
 //! The request path (SPEC §1) runs through these modules in order:
 //!
 //! - [`server`]: accepts connections, caps them, terminates TLS ([`tls`]),
-//!   serves HTTP/1.1 and HTTP/2 with hyper, drains on shutdown;
+//!   serves HTTP/1.1 and HTTP/2 with hyper (told apart by [`sniff`]), drains
+//!   on shutdown;
 //! - [`proxy`]: the request path top to bottom, and the one mapping from
 //!   errors to statuses and outcomes;
 //! - [`route`]: (host, raw path) → route;
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod route;
 pub mod secret;
 pub mod server;
+pub mod sniff;
 pub mod tls;
 pub mod upstream;
 pub mod verify;

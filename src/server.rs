@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -30,25 +30,33 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 /// and the HTTP/2 header list size.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-type Builder = auto::Builder<TokioExecutor>;
+/// Largest single read from a client socket. hyper grows its read buffer
+/// towards this while reads keep filling it, so a 256 KiB webhook body
+/// arrives in a few `recv` calls and a few frames; the header limit is
+/// separate (`MAX_HEADER_BYTES`).
+pub const MAX_READ_BUF: usize = 128 * 1024;
+
+/// The HTTP/1 and HTTP/2 connection settings; cheap to clone per connection.
+#[derive(Clone)]
+struct Builder {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
 
 fn http_builder(limits: &Limits) -> Builder {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // Also the keep-alive idle limit: hyper applies it between requests.
         .header_read_timeout(limits.request_timeout)
         .max_headers(MAX_HEADERS)
-        // hyper answers 431 when a request head does not fit its read
-        // buffer; bodies are read in frames of at most this size.
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+        // hyper answers 431 and closes when a request head is larger.
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_READ_BUF);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES as u32);
-    builder
+    Builder { h1, h2 }
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets
@@ -138,6 +146,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What a connection's task needs to serve it.
 struct ConnTask {
     builder: Builder,
@@ -168,9 +178,24 @@ impl ConnTask {
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(proxy.handle(conn, req).await) }
         });
-        let connection = self
-            .watcher
-            .watch(self.builder.serve_connection(TokioIo::new(io), service));
+        let builder = self.builder;
+        let watcher = self.watcher;
+        // Telling HTTP/2 from HTTP/1 waits for the client's first bytes, so
+        // it runs under the first-request deadline too.
+        let connection = async move {
+            let (h2, io) = match crate::sniff::sniff(io).await {
+                Ok(sniffed) => sniffed,
+                Err(e) => return Err(Box::new(e) as BoxError),
+            };
+            let io = TokioIo::new(io);
+            if h2 {
+                let conn = builder.h2.serve_connection(io, service);
+                watcher.watch(conn).await.map_err(BoxError::from)
+            } else {
+                let conn = builder.h1.serve_connection(io, service);
+                watcher.watch(conn).await.map_err(BoxError::from)
+            }
+        };
         tokio::pin!(connection);
         let result = tokio::select! {
             result = &mut connection => result,

@@ -24,9 +24,10 @@ static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 /// Fixed per-request overhead allowed on top of the body: hyper's read and
 /// write buffers (the kept body frames pin their read buffers, so hyper
-/// allocates fresh ones; slack at their ends), header maps, the upstream
-/// request. Measured 21 KiB (1 KiB bodies) and 46–135 KiB (1 MiB bodies,
-/// release–debug); a second copy of a 1 MiB body would add 1024 KiB.
+/// allocates fresh ones of up to `MAX_READ_BUF` = 128 KiB; slack at their
+/// ends), header maps, the upstream request. Measured 16 KiB (1 KiB bodies)
+/// and 133 KiB (1 MiB bodies, release); a second copy of a 1 MiB body would
+/// add 1024 KiB.
 const OVERHEAD_LIMIT: usize = 256 * 1024;
 
 /// An upstream that allocates nothing per request: it parses the head in a
