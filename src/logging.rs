@@ -6,8 +6,10 @@
 //! handling and float/Debug formatting cost more CPU than the rest of the
 //! request path's bookkeeping. JSON uses tracing-subscriber's own encoder.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::IsTerminal;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -69,11 +71,7 @@ where
         // target and level in normalized metadata.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        write!(
-            writer,
-            "{} ",
-            humantime::format_rfc3339_micros(std::time::SystemTime::now())
-        )?;
+        write_timestamp(&mut writer, SystemTime::now())?;
         let level = match *meta.level() {
             Level::ERROR => ("ERROR", "\x1b[31m"),
             Level::WARN => (" WARN", "\x1b[33m"),
@@ -82,9 +80,12 @@ where
             Level::TRACE => ("TRACE", "\x1b[35m"),
         };
         if self.ansi {
-            write!(writer, "{}{}\x1b[0m ", level.1, level.0)?;
+            writer.write_str(level.1)?;
+            writer.write_str(level.0)?;
+            writer.write_str("\x1b[0m ")?;
         } else {
-            write!(writer, "{} ", level.0)?;
+            writer.write_str(level.0)?;
+            writer.write_char(' ')?;
         }
         writer.write_str(meta.target())?;
         writer.write_char(':')?;
@@ -96,6 +97,36 @@ where
         fields.result?;
         writer.write_char('\n')
     }
+}
+
+/// `2026-11-27T21:00:09.432836Z `: RFC 3339 in UTC with microseconds.
+/// The date and time of day are formatted once per second per thread
+/// (humantime's formatter does the calendar arithmetic on every call);
+/// only the microseconds are written per line.
+fn write_timestamp(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != secs {
+            // "2026-11-27T21:00:09Z" without the Z.
+            let whole = UNIX_EPOCH + Duration::from_secs(secs);
+            *prefix = humantime::format_rfc3339_seconds(whole).to_string();
+            prefix.pop();
+            *cached = secs;
+        }
+        writer.write_str(prefix)
+    })?;
+    let mut tail = *b".000000Z ";
+    let mut rest = micros;
+    for digit in tail[1..7].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    // ASCII digits and punctuation only.
+    writer.write_str(std::str::from_utf8(&tail).map_err(|_| fmt::Error)?)
 }
 
 /// Writes ` name=value` for each field; the message bare.
@@ -115,7 +146,9 @@ impl Fields<'_, '_> {
         if field.name() == "message" {
             self.writer.write_char(' ')
         } else {
-            write!(self.writer, " {}=", field.name())
+            self.writer.write_char(' ')?;
+            self.writer.write_str(field.name())?;
+            self.writer.write_char('=')
         }
     }
 }
@@ -191,6 +224,31 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    fn timestamp(t: SystemTime) -> String {
+        let mut out = String::new();
+        write_timestamp(&mut Writer::new(&mut out), t).unwrap();
+        out
+    }
+
+    /// The cached per-second prefix is the one humantime writes, in the
+    /// same second, in the next one, and back again.
+    #[test]
+    fn timestamps_match_humantime() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_795_900_809);
+        for t in [
+            base + Duration::from_micros(432_836),
+            base + Duration::from_micros(999_999),
+            base + Duration::from_micros(1_000_000),
+            base + Duration::from_micros(5),
+            base + Duration::from_secs(86_400 * 40) + Duration::from_micros(70),
+        ] {
+            assert_eq!(
+                timestamp(t),
+                format!("{} ", humantime::format_rfc3339_micros(t))
+            );
         }
     }
 
