@@ -52,8 +52,8 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of the whole process (all threads), in seconds.
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole process (all threads), in seconds.
 
     Fields 14 and 15 of /proc/PID/stat; the command name (field 2) may contain
     spaces or parentheses, so split after the last ')'.
@@ -61,7 +61,12 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state), so utime (14) is fields[11], stime fields[12].
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of the whole process (all threads), in seconds."""
+    return sum(cpu_times(pid))
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -193,6 +198,7 @@ def run_wrk(a, cpu_pids, names, rss_pid, cores):
     watch = list(names)
     peak_reset = reset_peak_rss(rss_pid) if rss_pid else False
     cpu0 = sum(cpu_seconds(p) for p in cpu_pids)
+    user0 = sum(cpu_times(p)[0] for p in cpu_pids)
     ours0 = sum(cpu_seconds(p) for p in watch)
     load0, proxy0 = core_times(a.load_cpu), core_times(a.proxy_cpu)
     all0 = [core_times(c) for c in cores]
@@ -220,6 +226,7 @@ def run_wrk(a, cpu_pids, names, rss_pid, cores):
     if proc.returncode != 0:
         die(f"wrk failed (exit {proc.returncode}) on {a.target} {a.body}:\n{output}")
     cpu1 = sum(cpu_seconds(p) for p in cpu_pids)
+    user1 = sum(cpu_times(p)[0] for p in cpu_pids)
     ours1 = sum(cpu_seconds(p) for p in watch)
     load1, proxy1 = core_times(a.load_cpu), core_times(a.proxy_cpu)
     all1 = [core_times(c) for c in cores]
@@ -248,6 +255,10 @@ def run_wrk(a, cpu_pids, names, rss_pid, cores):
         "sock_errors": w["err_connect"] + w["err_read"] + w["err_write"] + w["err_timeout"],
         "proxy_cpu_s": (cpu1 - cpu0) if cpu_pids else None,
         "proxy_cpu_per_10k": ((cpu1 - cpu0) / requests * 10_000) if (cpu_pids and requests) else None,
+        # The split tells where the cost is: system time is the kernel's
+        # TCP work for the proxy's system calls, user time the proxy's own.
+        "proxy_user_us": ((user1 - user0) / requests * 1e6) if (cpu_pids and requests) else None,
+        "proxy_sys_us": (((cpu1 - cpu0) - (user1 - user0)) / requests * 1e6) if (cpu_pids and requests) else None,
         "peak_rss_kib": peak_kib,
         "peak_rss_reset": peak_reset,
         "wrk_cpu_frac": wrk_cpu / wall / a.threads,
@@ -332,11 +343,16 @@ def cmd_report(a) -> None:
     def num(v, spec, suffix=""):
         return "—" if v is None else format(v, spec) + suffix
 
+    def split(s):
+        if s["user_us"] is None or s["sys_us"] is None:
+            return "—"
+        return f"{s['user_us']:.1f} + {s['sys_us']:.1f}"
+
     sat = a.saturation
     header = ("| target | body | req/s (median) | req/s min–max | p50 ms | p99 ms "
-              "| proxy CPU s / 10k req | proxy peak RSS MiB | proxy core busy | load core busy "
+              "| proxy CPU s / 10k req | user + sys µs / req | proxy peak RSS MiB | proxy core busy | load core busy "
               "| wrk CPU / wall | other CPU | non-2xx + socket errors |")
-    rows = [header, "|" + "|".join(["---"] * 13) + "|"]
+    rows = [header, "|" + "|".join(["---"] * 14) + "|"]
     summary: dict[tuple[str, str], dict] = {}
     any_errors = False
     any_sat = False
@@ -353,6 +369,8 @@ def cmd_report(a) -> None:
                 "p50": med(r["p50_ms"] for r in rs),
                 "p99": med(r["p99_ms"] for r in rs),
                 "cpu10k": med(r["proxy_cpu_per_10k"] for r in rs),
+                "user_us": med(r.get("proxy_user_us") for r in rs),
+                "sys_us": med(r.get("proxy_sys_us") for r in rs),
                 "rss": max((r["peak_rss_kib"] for r in rs if r["peak_rss_kib"] is not None), default=None),
                 "proxy_core": med(r["proxy_core_busy"] for r in rs),
                 "load_core": med(r["load_core_busy"] for r in rs),
@@ -372,6 +390,7 @@ def cmd_report(a) -> None:
             rows.append(
                 f"| {labels.get(t, t)} | {body} | {s['rps']:,.0f} | {s['rps_min']:,.0f}–{s['rps_max']:,.0f} "
                 f"| {s['p50']:.2f} | {s['p99']:.2f} | {num(s['cpu10k'], '.3f')} "
+                f"| {split(s)} "
                 f"| {num(None if s['rss'] is None else s['rss'] / 1024, '.1f')} "
                 f"| {num(s['proxy_core'], '.0%')} | {num(s['load_core'], '.0%')}{flag} "
                 f"| {num(s['wrk'], '.0%')}{flag} | {num(s['other'], '.0%')}{' ⚡' if noisy else ''} | {s['errors']}{' ❌' if s['errors'] else ''} |"
@@ -412,7 +431,7 @@ def cmd_report(a) -> None:
     out += [
         f"Medians of {a.rounds} interleaved rounds per row; peak RSS is the maximum over the rounds "
         "(VmHWM, reset before each run; nginx: the worker; 1 KiB rows run before any 256 KiB body). Proxy CPU is utime+stime from "
-        "/proc/PID/stat (nginx: master + worker). Core busy = share of that core's time not idle "
+        "/proc/PID/stat (nginx: master + worker), also shown split into user and system (kernel) time per request. Core busy = share of that core's time not idle "
         "(from /proc/stat). Other CPU = CPU time on the benchmark cores not charged to wrk, the upstream or the "
         "proxies (other jobs on the machine, some softirq), in cores, worst run of the row; each run waits for a "
         f"quiet machine and is repeated when it exceeds {a.max_other:.0%}. The direct row has no proxy; its load core runs wrk *and* the upstream.",
