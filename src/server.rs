@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
@@ -67,6 +67,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     let slots = Arc::new(Semaphore::new(built_for.config.limits.max_connections));
 
     let graceful = GracefulShutdown::new();
+    // Connections still waiting for their first bytes are not hyper
+    // connections yet, so `graceful` cannot reach them: they watch this.
+    let (stopping, stopping_rx) = watch::channel(false);
     let mut backoff = Duration::ZERO;
     tokio::pin!(shutdown);
     loop {
@@ -114,6 +117,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         let task = ConnTask {
             builder: builder.clone(),
             watcher: graceful.watcher(),
+            stopping: stopping_rx.clone(),
             proxy: proxy.clone(),
             request_timeout,
         };
@@ -134,6 +138,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         });
     }
     drop(listener);
+    stopping.send_replace(true);
     tracing::info!(
         connections = graceful.count(),
         "stopped accepting; draining in-flight requests"
@@ -152,6 +157,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct ConnTask {
     builder: Builder,
     watcher: Watcher,
+    stopping: watch::Receiver<bool>,
     proxy: Arc<Proxy>,
     request_timeout: Duration,
 }
@@ -180,10 +186,16 @@ impl ConnTask {
         });
         let builder = self.builder;
         let watcher = self.watcher;
+        let mut stopping = self.stopping;
         // Telling HTTP/2 from HTTP/1 waits for the client's first bytes, so
-        // it runs under the first-request deadline too.
+        // it runs under the first-request deadline too; a shutdown before
+        // them closes the connection: there is nothing to finish.
         let connection = async move {
-            let (h2, io) = match crate::sniff::sniff(io).await {
+            let sniffed = tokio::select! {
+                sniffed = crate::sniff::sniff(io) => sniffed,
+                _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+            };
+            let (h2, io) = match sniffed {
                 Ok(sniffed) => sniffed,
                 Err(e) => return Err(Box::new(e) as BoxError),
             };

@@ -1,4 +1,4 @@
-//! Tells an HTTP/2 prior-knowledge connection (h2c, or h2 without ALPN)
+//! Tells an HTTP/2 connection (h2c with prior knowledge, or h2 over TLS)
 //! from HTTP/1 by its first bytes, then hands those bytes back to the
 //! protocol's parser.
 //!
@@ -6,7 +6,7 @@
 //! `http1::Builder::max_header_size`: without it the only way to cap a
 //! request head at 16 KiB is to cap hyper's whole read buffer, which also
 //! caps every body read at 16 KiB (17 `recv` calls for a 256 KiB webhook
-//! instead of 2).
+//! instead of 4).
 
 use std::io;
 use std::pin::Pin;

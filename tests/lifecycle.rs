@@ -784,11 +784,12 @@ async fn fifty_reloads_under_traffic_drop_nothing() {
 // 3. Drain.
 
 /// SIGTERM with 5 requests in flight to an upstream that answers after 2 s
-/// (and one idle keep-alive connection): STOPPING=1 at once, a new
-/// connection is refused (or closed without a response), all 5 complete
-/// with the upstream's 201 and `Connection: close`, the idle connection is
-/// closed, and the process exits 0 shortly after the last response — far
-/// from the 10 s shutdown_timeout.
+/// (and one idle keep-alive connection, and one connection that has sent
+/// nothing yet): STOPPING=1 at once, a new connection is refused (or closed
+/// without a response), all 5 complete with the upstream's 201 and
+/// `Connection: close`, the idle and the silent connections are closed, and
+/// the process exits 0 shortly after the last response — far from the 10 s
+/// shutdown_timeout and request_timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     const N: usize = 5;
@@ -802,6 +803,8 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     // An idle keep-alive connection (its request forwarded, answered).
     let (resp, mut idle) = raw(gw.addr, &signed("/webhooks/a", SECRET_A, "")).await;
     assert_eq!(resp.status, 201);
+    // Connected, not a byte sent: HTTP/1 or HTTP/2 is not known yet.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
 
     let clients: Vec<_> = (0..N)
         .map(|_| {
@@ -840,6 +843,8 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     };
     let idle_end = ending(&mut idle, Duration::from_secs(5)).await;
     let idle_closed_after = term.elapsed();
+    let silent_end = ending(&mut silent, Duration::from_secs(5)).await;
+    let silent_closed_after = term.elapsed();
 
     let mut completed = 0;
     let mut last_response = term;
@@ -858,7 +863,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         "drain: {in_flight} requests in flight at SIGTERM (upstream answers after 2 s, \
          shutdown_timeout 10s); {completed}/{N} completed with 201, last at {:?} after SIGTERM; \
          new connection: {newcomer}; idle keep-alive: {idle_end:?} after {idle_closed_after:?}; \
-         exit {:?} at {exited:?} after SIGTERM",
+         silent: {silent_end:?} after {silent_closed_after:?}; exit {:?} at {exited:?} after SIGTERM",
         last_response.duration_since(term),
         status.code()
     );
@@ -868,6 +873,11 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(
         idle_closed_after < Duration::from_secs(1),
         "{idle_closed_after:?}"
+    );
+    assert_eq!(silent_end, Ending::ClosedSilently);
+    assert!(
+        silent_closed_after < Duration::from_secs(1),
+        "{silent_closed_after:?}"
     );
     assert_eq!(status.code(), Some(0));
     assert!(exited < Duration::from_secs(5), "exit took {exited:?}");
