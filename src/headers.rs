@@ -3,8 +3,9 @@
 //! Hop-by-hop fields (RFC 9110 §7.6.1) are dropped, together with every field
 //! the `Connection` header names, except the ones the gateway relies on or
 //! sets itself. The surviving end-to-end fields keep their order. `http`'s
-//! `HeaderMap::remove` reorders entries (swap-remove), so instead of removing
-//! in place the map is rebuilt in one pass, moving (not copying) each value.
+//! `HeaderMap::remove` reorders entries (swap-remove), so when something
+//! must be removed the map is rebuilt in one pass, moving (not copying) each
+//! value; the usual request and response are updated in place.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -170,25 +171,20 @@ fn append_forwarded(
     xfp: Option<HeaderValue>,
     xfh: Option<HeaderValue>,
 ) {
-    let peer = Some(f.peer);
+    let proto = HeaderValue::from_static(f.proto);
     let (xff, xfp, xfh) = if f.trusted {
-        let xff = match (xff, peer) {
-            (Some(prev), Some(peer)) => Some(join(Some(prev), &peer)),
-            (prev, peer) => peer.or(prev),
+        let xff = match xff {
+            Some(prev) => join(Some(prev), &f.peer),
+            None => f.peer,
         };
-        let xfp = xfp.or_else(|| Some(HeaderValue::from_static(f.proto)));
-        (xff, xfp, xfh.or(f.host))
+        (xff, xfp.unwrap_or(proto), xfh.or(f.host))
     } else {
-        (peer, Some(HeaderValue::from_static(f.proto)), f.host)
+        (f.peer, proto, f.host)
     };
-    for (name, value) in [
-        (&X_FORWARDED_FOR, xff),
-        (&X_FORWARDED_PROTO, xfp),
-        (&X_FORWARDED_HOST, xfh),
-    ] {
-        if let Some(value) = value {
-            out.append(name.clone(), value);
-        }
+    out.append(X_FORWARDED_FOR.clone(), xff);
+    out.append(X_FORWARDED_PROTO.clone(), xfp);
+    if let Some(xfh) = xfh {
+        out.append(X_FORWARDED_HOST.clone(), xfh);
     }
 }
 

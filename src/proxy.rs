@@ -8,7 +8,6 @@
 //! error into a status, an outcome and a log line, through the one exhaustive
 //! match in [`ProxyError::classify`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -618,9 +617,6 @@ impl Body for ResponseBody {
         }
     }
 }
-
-/// Needed by hyper's service bound; the handler itself cannot fail.
-pub type HandlerResult = Result<Response<ResponseBody>, Infallible>;
 
 #[cfg(test)]
 mod tests {

@@ -191,13 +191,9 @@ impl ConnTask {
         // it runs under the first-request deadline too; a shutdown before
         // them closes the connection: there is nothing to finish.
         let connection = async move {
-            let sniffed = tokio::select! {
-                sniffed = crate::sniff::sniff(io) => sniffed,
+            let (h2, io) = tokio::select! {
+                sniffed = crate::sniff::sniff(io) => sniffed?,
                 _ = stopping.wait_for(|stop| *stop) => return Ok(()),
-            };
-            let (h2, io) = match sniffed {
-                Ok(sniffed) => sniffed,
-                Err(e) => return Err(Box::new(e) as BoxError),
             };
             let io = TokioIo::new(io);
             if h2 {

@@ -45,12 +45,6 @@ pub struct Rewind<I> {
     inner: I,
 }
 
-impl<I> Rewind<I> {
-    pub fn get_ref(&self) -> &I {
-        &self.inner
-    }
-}
-
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
