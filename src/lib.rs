@@ -20,7 +20,7 @@
 //!
 //! Around it: [`config`] (TOML → validated config with prepared HMAC keys),
 //! [`secret`] (env/file/credential secrets that never print), [`metrics`]
-//! (Prometheus, handles resolved at load), [`admin`] (`/metrics`, `/healthz`,
+//! (Prometheus, handles resolved at load), [`outcome`] (the outcome label), [`admin`] (`/metrics`, `/healthz`,
 //! `/readyz`), [`logging`] (stderr lines, text or JSON), [`cli`] and
 //! [`lifecycle`] (signals, reload, systemd notify).
 
@@ -34,6 +34,7 @@ pub mod headers;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod outcome;
 pub mod proxy;
 pub mod route;
 pub mod secret;

@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::proxy::Outcome;
+use crate::outcome::Outcome;
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 

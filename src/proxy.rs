@@ -27,57 +27,10 @@ use crate::body::{self, BodyError};
 use crate::config::{Config, Route};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{Metrics, RouteMetrics};
+pub use crate::outcome::Outcome;
 use crate::route::RouteTable;
 use crate::upstream::{Lease, Pool, UpstreamError, Upstreams};
 use crate::verify::{self, VerifyError};
-
-/// What happened to a request, as the `outcome` metric label and log field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Forwarded,
-    SignatureMissing,
-    SignatureInvalid,
-    BodyTooLarge,
-    MethodNotAllowed,
-    Timeout,
-    UpstreamError,
-    UpstreamTimeout,
-    /// Malformed request on a matched route (Host, framing). Not in SPEC §6's
-    /// list, which has no row for it; kept separate rather than hidden.
-    BadRequest,
-    /// No route matched; counted without a route label.
-    Unmatched,
-}
-
-impl Outcome {
-    /// Every outcome a matched route can have (all but `Unmatched`).
-    pub const ROUTED: [Outcome; 9] = [
-        Outcome::Forwarded,
-        Outcome::SignatureMissing,
-        Outcome::SignatureInvalid,
-        Outcome::BodyTooLarge,
-        Outcome::MethodNotAllowed,
-        Outcome::Timeout,
-        Outcome::UpstreamError,
-        Outcome::UpstreamTimeout,
-        Outcome::BadRequest,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Forwarded => "forwarded",
-            Outcome::SignatureMissing => "signature_missing",
-            Outcome::SignatureInvalid => "signature_invalid",
-            Outcome::BodyTooLarge => "body_too_large",
-            Outcome::MethodNotAllowed => "method_not_allowed",
-            Outcome::Timeout => "timeout",
-            Outcome::UpstreamError => "upstream_error",
-            Outcome::UpstreamTimeout => "upstream_timeout",
-            Outcome::BadRequest => "bad_request",
-            Outcome::Unmatched => "unmatched",
-        }
-    }
-}
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
