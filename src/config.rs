@@ -85,6 +85,7 @@ struct RawLimits {
     request_timeout: Option<Spanned<String>>,
     upstream_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<u64>>,
+    replay_max_entries: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +102,7 @@ struct RawRoute {
     max_body_bytes: Option<Spanned<u64>>,
     request_timeout: Option<Spanned<String>>,
     upstream_timeout: Option<Spanned<String>>,
+    replay_window: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -152,6 +154,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub upstream_timeout: Duration,
     pub max_connections: usize,
+    /// Bound of the in-memory replay store, process-wide (not per route).
+    pub replay_max_entries: usize,
 }
 
 /// Where a route forwards to.
@@ -184,6 +188,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     pub request_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// `Some`: each delivery is forwarded once within this window (SPEC §10).
+    pub replay_window: Option<Duration>,
 }
 
 // ---------------------------------------------------------------------------
@@ -359,6 +365,17 @@ fn build(
         }
         Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
     };
+    let replay_max_entries = match &l.replay_max_entries {
+        None => crate::replay::DEFAULT_MAX_ENTRIES,
+        Some(v) if *v.get_ref() == 0 => {
+            r.add(
+                v.span(),
+                "limits.replay_max_entries must be at least 1; remove it for the default (1000000)",
+            );
+            crate::replay::DEFAULT_MAX_ENTRIES
+        }
+        Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
+    };
     let limits = Limits {
         max_body_bytes: l
             .max_body_bytes
@@ -383,6 +400,7 @@ fn build(
             r,
         ),
         max_connections,
+        replay_max_entries,
     };
 
     if raw.routes.is_empty() {
@@ -568,6 +586,17 @@ fn build_route(
         r,
     );
 
+    // Absent means off; a present value goes through the same checks as
+    // every duration (zero or unparsable is an error naming the line).
+    let replay_window = raw.replay_window.as_ref().map(|w| {
+        duration(
+            Some(w),
+            &format!("{route_ctx}: replay_window"),
+            Duration::ZERO,
+            r,
+        )
+    });
+
     if r.problems.len() != before {
         return None;
     }
@@ -587,6 +616,7 @@ fn build_route(
         max_body_bytes,
         request_timeout,
         upstream_timeout,
+        replay_window,
     })
 }
 

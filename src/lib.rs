@@ -16,6 +16,8 @@
 //! - [`body`]: reads the body frame by frame under the limits, keeps the
 //!   frames and replays them upstream;
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
+//! - [`replay`]: the replay defence of routes with `replay_window` (a
+//!   delivery is forwarded once; repeats are answered by the gateway);
 //! - [`upstream`]: keep-alive connection pools per upstream origin.
 //!
 //! Around it: [`config`] (TOML → validated config with prepared HMAC keys),
@@ -36,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod replay;
 pub mod route;
 pub mod secret;
 pub mod server;

@@ -79,6 +79,10 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     reloads: Family<ResultLabel, Counter>,
     pub last_reload_success: Gauge<f64, AtomicU64>,
+    /// Entries in the in-memory replay store (SPEC §10).
+    pub replay_entries: Gauge,
+    /// Recorded deliveries evicted from it before their window ended.
+    pub replay_evictions: Counter,
 }
 
 /// One route's handles, resolved at config load.
@@ -196,6 +200,18 @@ impl Metrics {
             })
             .set(1);
         registry.register("hookgate_build_info", "Build information", build_info);
+        let replay_entries = Gauge::default();
+        registry.register(
+            "hookgate_replay_entries",
+            "Deliveries held by the in-memory replay store (recorded and in flight)",
+            replay_entries.clone(),
+        );
+        let replay_evictions = Counter::default();
+        registry.register(
+            "hookgate_replay_evictions",
+            "Recorded deliveries evicted from the replay store at limits.replay_max_entries",
+            replay_evictions.clone(),
+        );
 
         Metrics {
             registry,
@@ -210,6 +226,8 @@ impl Metrics {
             connections_rejected,
             reloads,
             last_reload_success,
+            replay_entries,
+            replay_evictions,
         }
     }
 

@@ -18,13 +18,18 @@ pub enum Outcome {
     /// Malformed request on a matched route (Host, framing). Not in SPEC §6's
     /// list, which has no row for it; kept separate rather than hidden.
     BadRequest,
+    /// A repeat of a delivery recorded inside the route's `replay_window`:
+    /// answered 200 by the gateway, never forwarded (SPEC §10).
+    Duplicate,
+    /// A repeat while the first copy is still being forwarded: 409.
+    DuplicateInFlight,
     /// No route matched; counted without a route label.
     Unmatched,
 }
 
 impl Outcome {
     /// Every outcome a matched route can have (all but `Unmatched`).
-    pub const ROUTED: [Outcome; 9] = [
+    pub const ROUTED: [Outcome; 11] = [
         Outcome::Forwarded,
         Outcome::SignatureMissing,
         Outcome::SignatureInvalid,
@@ -34,6 +39,8 @@ impl Outcome {
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
         Outcome::BadRequest,
+        Outcome::Duplicate,
+        Outcome::DuplicateInFlight,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +54,8 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::BadRequest => "bad_request",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DuplicateInFlight => "duplicate_in_flight",
             Outcome::Unmatched => "unmatched",
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! route (host, raw path) → method → Host → signature header → Content-Length
 //! pre-check → body read under limits with the HMAC updated per frame →
-//! constant-time compare → forward the same frames → relay the response.
+//! constant-time compare → replay check (routes with `replay_window`) →
+//! forward the same frames → relay the response.
 //!
 //! Every step returns `Result<_, ProxyError>`; only [`Proxy::handle`] turns an
 //! error into a status, an outcome and a log line, through the one exhaustive
@@ -28,9 +29,10 @@ use crate::config::{Config, Route};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{Metrics, RouteMetrics};
 pub use crate::outcome::Outcome;
+use crate::replay::{self, Claim, MemoryStore, Repeat, Verified};
 use crate::route::RouteTable;
 use crate::upstream::{Lease, Pool, UpstreamError, Upstreams};
-use crate::verify::{self, VerifyError};
+use crate::verify::{self, VerifyError, MAC_LEN};
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,12 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("cannot build the upstream URI: {0}")]
     UpstreamUri(#[source] http::Error),
+    /// Not a failure: a repeat the gateway answers itself instead of
+    /// forwarding (SPEC §10). It takes this path because, like every other
+    /// answer the gateway makes up, it gets its status, outcome and headers
+    /// in [`ProxyError::classify`] and [`synthetic`].
+    #[error(transparent)]
+    Repeat(Repeat),
 }
 
 impl ProxyError {
@@ -83,6 +91,10 @@ impl ProxyError {
                 (StatusCode::BAD_GATEWAY, Outcome::UpstreamError)
             }
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamTimeout),
+            ProxyError::Repeat(Repeat::Duplicate) => (StatusCode::OK, Outcome::Duplicate),
+            ProxyError::Repeat(Repeat::InFlight) => {
+                (StatusCode::CONFLICT, Outcome::DuplicateInFlight)
+            }
         }
     }
 }
@@ -163,6 +175,9 @@ pub struct Proxy {
     state: ArcSwap<State>,
     upstreams: Upstreams,
     metrics: Arc<Metrics>,
+    /// Deliveries already handed over, for routes with `replay_window`.
+    /// Outlives reloads, like the pools: keys carry the route's name.
+    replay: MemoryStore,
 }
 
 /// What is known about a request as it moves along the path. It travels
@@ -253,11 +268,17 @@ impl Proxy {
     /// A proxy serving `config`.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Proxy {
         let upstreams = Upstreams::default();
+        let replay = MemoryStore::new(
+            config.limits.replay_max_entries,
+            metrics.replay_entries.clone(),
+            metrics.replay_evictions.clone(),
+        );
         let state = State::new(config, &metrics, &upstreams);
         Proxy {
             state: ArcSwap::from_pointee(state),
             upstreams,
             metrics,
+            replay,
         }
     }
 
@@ -269,6 +290,8 @@ impl Proxy {
     /// Swaps in a new configuration; requests already in flight keep the
     /// state they started with.
     pub fn replace_config(&self, config: Config) {
+        self.replay
+            .set_max_entries(config.limits.replay_max_entries);
         let state = State::new(config, &self.metrics, &self.upstreams);
         self.state.store(Arc::new(state));
     }
@@ -361,6 +384,7 @@ impl Proxy {
         ex.body_done = true;
         ex.body_bytes = Some(frames.len());
         verifier.finish(&signature).map_err(ProxyError::Signature)?;
+        let claim = self.claim_delivery(route, &signature).await?;
 
         let uri = upstream_uri(route, &parts.uri).map_err(ProxyError::UpstreamUri)?;
         // The Host field's value is shared, not copied; HTTP/2 has :authority instead.
@@ -403,10 +427,32 @@ impl Proxy {
         ex.upstream_time = Some(sent.elapsed());
         ex.lease = Some(lease);
         ex.upstream_status = Some(response.status());
+        // Recorded only once the app accepted it; otherwise the claim is
+        // dropped and the next copy goes through.
+        if let (Some(claim), true) = (claim, response.status().is_success()) {
+            claim.commit();
+        }
 
         let (mut parts, body) = response.into_parts();
         parts.headers = headers::client_response_headers(parts.headers);
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The replay check of a route with `replay_window`: a claim on this
+    /// delivery, or the repeat to answer. Routes without a window skip it.
+    async fn claim_delivery(
+        &self,
+        route: &Route,
+        mac: &[u8; MAC_LEN],
+    ) -> Result<Option<Claim<'_>>, ProxyError> {
+        let Some(window) = route.replay_window else {
+            return Ok(None);
+        };
+        let key = replay::key(&route.name, Verified::Mac(mac));
+        replay::claim(&self.replay, key, window)
+            .await
+            .map(Some)
+            .map_err(ProxyError::Repeat)
     }
 }
 
@@ -470,6 +516,9 @@ fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, http::Error> {
     Ok(Uri::from(path_and_query))
 }
 
+/// Marks the gateway's 200 to a repeat of a recorded delivery.
+const DUPLICATE: http::HeaderName = http::HeaderName::from_static("x-hookgate-duplicate");
+
 /// A response the gateway writes itself: short `text/plain` naming only the
 /// status, never which check failed (that goes to the log).
 fn synthetic(
@@ -490,8 +539,19 @@ fn synthetic(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let (ProxyError::MethodNotAllowed, Some(route)) = (err, route) {
-        h.insert(header::ALLOW, route.allow.clone());
+    match (err, route) {
+        (ProxyError::MethodNotAllowed, Some(route)) => {
+            h.insert(header::ALLOW, route.allow.clone());
+        }
+        (ProxyError::Repeat(Repeat::Duplicate), _) => {
+            h.insert(DUPLICATE, HeaderValue::from_static("true"));
+        }
+        // The first copy is normally answered within upstream_timeout; the
+        // sender may retry after a second.
+        (ProxyError::Repeat(Repeat::InFlight), _) => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
     }
     if close {
         // Unread body bytes must never be parsed as the next request.
@@ -624,6 +684,12 @@ mod tests {
             (ProxyError::Upstream(refused), 502, "upstream_error"),
             (ProxyError::UpstreamUri(uri_err), 502, "upstream_error"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ProxyError::Repeat(Repeat::Duplicate), 200, "duplicate"),
+            (
+                ProxyError::Repeat(Repeat::InFlight),
+                409,
+                "duplicate_in_flight",
+            ),
         ];
         for (err, status, outcome) in cases {
             let (s, o) = err.classify();

@@ -11,7 +11,7 @@ use common::*;
 
 const BODY: &[u8] = br#"{"event":"generation.completed","generation_id":"m"}"#;
 const ROUTES: [&str; 3] = ["a", "b", "c"];
-const OUTCOMES: [&str; 9] = [
+const OUTCOMES: [&str; 11] = [
     "forwarded",
     "signature_missing",
     "signature_invalid",
@@ -21,6 +21,8 @@ const OUTCOMES: [&str; 9] = [
     "upstream_error",
     "upstream_timeout",
     "bad_request",
+    "duplicate",
+    "duplicate_in_flight",
 ];
 
 fn config(good: SocketAddr, closed: SocketAddr, hang: SocketAddr) -> String {
@@ -177,6 +179,9 @@ async fn counters_match_a_known_mix_of_requests() {
         ("hookgate_request_body_bytes_count{route=\"b\"}", 1.0),
         ("hookgate_tls_handshake_errors_total", 0.0),
         ("hookgate_connections_rejected_total", 0.0),
+        // No route has replay_window: the store stays empty.
+        ("hookgate_replay_entries", 0.0),
+        ("hookgate_replay_evictions_total", 0.0),
         ("hookgate_config_reloads_total{result=\"success\"}", 1.0),
         ("hookgate_config_reloads_total{result=\"failure\"}", 0.0),
         (
