@@ -70,6 +70,9 @@ fn broken_configs_each_get_their_message() {
         ("no routes", "[server]\nlisten = \"127.0.0.1:1\"\n".to_string(), "no [[route]] is configured"),
         ("duplicate name", format!("{GOOD}\n[[route]]\nname = \"a\"\npath = \"/hooks/b\"\nupstream = \"http://127.0.0.1:3000\"\nsecret = {{ env = \"SECRET_A\" }}\n"), "hookgate.toml:11:8: route \"a\": duplicate route name (first defined at line:column 5:8)"),
         ("duplicate path", format!("{GOOD}\n[[route]]\nname = \"b\"\npath = \"/hooks/a\"\nupstream = \"http://127.0.0.1:3000\"\nsecret = {{ env = \"SECRET_A\" }}\n"), "route \"b\": another route already serves path \"/hooks/a\" on any host"),
+        ("zero replay_window", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nreplay_window = \"0s\""), "hookgate.toml:7:17: route \"a\": replay_window must be greater than zero"),
+        ("bad replay_window", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nreplay_window = \"24\""), "hookgate.toml:7:17: route \"a\": replay_window: \"24\" is not a duration"),
+        ("zero replay_max_entries", GOOD.replace("[server]", "[limits]\nreplay_max_entries = 0\n[server]"), "hookgate.toml:2:22: limits.replay_max_entries must be at least 1"),
         ("missing listen", GOOD.replace("listen = \"127.0.0.1:8080\"\n", ""), "missing field `listen`"),
     ];
     for (what, config, want) in cases {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
 
@@ -53,27 +52,8 @@ secret = {{ env = "SECRET_A" }}
     )
 }
 
-/// The value of the sample line `name` (with its labels), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 async fn status_of(addr: SocketAddr, request: &[u8]) -> u16 {
     raw(addr, request).await.0.status
-}
-
-/// Waits until every finished request has been recorded (in-flight back to
-/// 0), then returns the exposition.
-async fn settled_metrics(gw: &Gateway) -> String {
-    for _ in 0..100 {
-        let text = gw.metrics().await;
-        if sample(&text, "hookgate_requests_in_flight") == Some(0.0) {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("requests still in flight");
 }
 
 /// After a known mix of requests on three routes, every counter,

@@ -77,6 +77,10 @@ pub enum Behaviour {
     Delay(Duration),
     /// Answer like `Respond` (keep-alive), then close the connection.
     RespondThenClose,
+    /// Answer the n-th request received (counted over all connections,
+    /// from 1) with the n-th status, the last one repeated; otherwise like
+    /// `Respond`.
+    Script(&'static [u16]),
 }
 
 pub const UPSTREAM_BODY: &[u8] = br#"{"received":true}"#;
@@ -162,7 +166,11 @@ async fn serve_upstream_conn(
             }
         }
         rec.body = buf.drain(..content_length).collect();
-        log.lock().unwrap().push(rec);
+        let nth = {
+            let mut log = log.lock().unwrap();
+            log.push(rec);
+            log.len()
+        };
         match behaviour {
             Behaviour::Hang => {
                 // Keep the socket open and silent until the peer goes away.
@@ -175,10 +183,18 @@ async fn serve_upstream_conn(
                 return;
             }
             Behaviour::Delay(d) => tokio::time::sleep(d).await,
-            Behaviour::Respond | Behaviour::RespondThenClose => {}
+            Behaviour::Respond | Behaviour::RespondThenClose | Behaviour::Script(_) => {}
         }
+        let status = match behaviour {
+            Behaviour::Script(statuses) => statuses.get(nth - 1).or(statuses.last()).copied(),
+            _ => None,
+        };
+        let status_line = match status {
+            None | Some(201) => "201 Created".to_string(),
+            Some(code) => format!("{code} Scripted"),
+        };
         let head = format!(
-            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nx-upstream: recorder\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\nx-upstream: recorder\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n",
             UPSTREAM_BODY.len()
         );
         if stream.write_all(head.as_bytes()).await.is_err()
@@ -259,6 +275,25 @@ impl Gateway {
             task.await.unwrap();
         }
     }
+}
+
+/// The value of the sample line `name` (with its labels), if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits until every finished request has been recorded (in-flight back to
+/// 0), then returns the exposition.
+pub async fn settled_metrics(gw: &Gateway) -> String {
+    for _ in 0..100 {
+        let text = gw.metrics().await;
+        if sample(&text, "hookgate_requests_in_flight") == Some(0.0) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("requests still in flight");
 }
 
 /// A config with route "a" (SECRET_A) on /webhooks/a and route "b"
@@ -444,6 +479,53 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> (RawResponse, TcpStream) {
     stream.write_all(request).await.unwrap();
     let response = read_response(&mut stream).await;
     (response, stream)
+}
+
+/// Sends `request` `n` times on one keep-alive connection, pipelined in
+/// batches, and counts the statuses of the responses (every response must
+/// carry a Content-Length, as the gateway's own answers do).
+pub async fn pipelined_statuses(addr: SocketAddr, request: &[u8], n: usize) -> HashMap<u16, usize> {
+    const BATCH: usize = 64;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut counts = HashMap::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut sent = 0;
+    while sent < n {
+        let batch = BATCH.min(n - sent);
+        stream.write_all(&request.repeat(batch)).await.unwrap();
+        sent += batch;
+        let mut parsed = 0;
+        while parsed < batch {
+            let mut hs = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut hs);
+            if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+                let len = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                    .expect("response without Content-Length");
+                if buf.len() >= head + len {
+                    *counts.entry(resp.code.unwrap_or(0)).or_insert(0) += 1;
+                    buf.drain(..head + len);
+                    parsed += 1;
+                    continue;
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let got = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+                .await
+                .expect("no response within 10 s")
+                .unwrap();
+            assert!(
+                got > 0,
+                "connection closed after {} of {n} responses",
+                sent - batch + parsed
+            );
+            buf.extend_from_slice(&chunk[..got]);
+        }
+    }
+    counts
 }
 
 /// True when the server closes the connection (EOF or reset) within 5 s.
