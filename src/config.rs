@@ -734,6 +734,18 @@ secret = { env = "S" }
         assert_eq!(r.allow, "POST");
         assert!(r.upstream.fixed_path.is_none());
         assert!(r.forwarded_headers);
+        assert_eq!(r.replay_window, None);
+        assert_eq!(c.limits.replay_max_entries, 1_000_000);
+    }
+
+    #[test]
+    fn replay_keys_are_read() {
+        let text = MINIMAL
+            .replace("[server]", "[limits]\nreplay_max_entries = 5\n[server]")
+            .replace("secret = ", "replay_window = \"90m\"\nsecret = ");
+        let c = Config::from_toml_str(&text, Path::new("t.toml"), &env()).unwrap();
+        assert_eq!(c.limits.replay_max_entries, 5);
+        assert_eq!(c.routes[0].replay_window, Some(Duration::from_secs(5400)));
     }
 
     #[test]

@@ -165,6 +165,27 @@ def cmd_body(a) -> None:
     Path(a.file).write_bytes(data.encode())
 
 
+def cmd_pool(a) -> None:
+    # COUNT distinct bodies of exactly SIZE bytes (cmd_body's event with a
+    # numbered delivery_id), each signed with the secret in $SECRET_ENV:
+    # lines "signature<TAB>body" for pool.lua.
+    import hmac
+    import hashlib
+    secret = os.environ[a.secret_env].encode()
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    lines = []
+    for i in range(a.count):
+        head = f'{{"event":"campaign.updated","delivery_id":"bench-{i:08d}","data":{{"padding":"'
+        tail = '"}}'
+        pad = a.size - len(head) - len(tail)
+        if pad < 0:
+            die(f"body size {a.size} too small")
+        body = (head + "".join(alphabet[j % len(alphabet)] for j in range(pad)) + tail).encode()
+        sig = hmac.new(secret, body, hashlib.sha256).hexdigest()
+        lines.append(sig.encode() + b"\t" + body)
+    Path(a.file).write_bytes(b"\n".join(lines) + b"\n")
+
+
 def cmd_rss(a) -> None:
     print(status_kib(a.pid, "VmRSS"))
 
@@ -424,6 +445,16 @@ def cmd_report(a) -> None:
         if r is not None:
             checks.append(f"- {small} {tls}: hookgate req/s = {r:.2f} × direct-to-upstream limit")
 
+    # Issue 11: the replay defence's cost, same run, same pool of requests.
+    for body in bodies:
+        r = ratio("cpu10k", "hookgate+replay", "hookgate", body)
+        if r is not None:
+            checks.append(f"- {body}: CPU per request with replay_window = {r:.2f} × without "
+                          f"(target ≤ 1.10) {'✅' if r <= 1.10 else '❌'}")
+        r = ratio("rps", "hookgate+replay", "hookgate", body)
+        if r is not None:
+            checks.append(f"- {body}: req/s with replay_window = {r:.2f} × without")
+
     out = ["# hookgate end-to-end load benchmark", ""]
     out += [f"- {l}" for l in machine_info()]
     out += [f"- {m}" for m in a.meta]
@@ -446,7 +477,7 @@ def cmd_report(a) -> None:
     if any_errors:
         out.append("❌ = wrk saw non-2xx responses or socket errors in this row: its req/s is NOT a valid result.")
     if checks:
-        out += ["", "Issue 5 targets (from the medians above):", *checks]
+        out += ["", "Targets (from the medians above):", *checks]
     out += ["", "Command: `" + a.command + "`"]
     text = "\n".join(out) + "\n"
     print(text)
@@ -473,6 +504,8 @@ def main() -> None:
     s.add_argument("--log", default="its log")
     s.set_defaults(f=cmd_wait_port)
     s = sub.add_parser("body"); s.add_argument("size", type=int); s.add_argument("file"); s.set_defaults(f=cmd_body)
+    s = sub.add_parser("pool"); s.add_argument("size", type=int); s.add_argument("count", type=int)
+    s.add_argument("file"); s.add_argument("--secret-env", required=True); s.set_defaults(f=cmd_pool)
     s = sub.add_parser("rss"); s.add_argument("pid", type=int); s.set_defaults(f=cmd_rss)
     s = sub.add_parser("children"); s.add_argument("pid", type=int); s.set_defaults(f=cmd_children)
 
