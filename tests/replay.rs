@@ -15,35 +15,15 @@ use hookgate::config::Config;
 
 const BODY: &[u8] = br#"{"event":"generation.completed","generation_id":"550e8400"}"#;
 
-/// Route "a" (SECRET_A) with `replay_window = window` on /webhooks/a, route
-/// "c" (SECRET_A too, so the same request is valid on both) with a one-hour
-/// window on /webhooks/c, route "b" (SECRET_B) without one; `limits` lines
-/// go into `[limits]`.
+/// `two_routes` with `replay_window = window` on route "a" (SECRET_A,
+/// /webhooks/a) and none on "b" (SECRET_B), plus route "c" (SECRET_A too, so
+/// the same request is valid on both) with a one-hour window on
+/// /webhooks/c; `limits` lines go into `[limits]`.
 fn config(upstream: SocketAddr, window: &str, limits: &str) -> String {
-    format!(
+    let mut text = two_routes(upstream, &format!("replay_window = \"{window}\""))
+        .replace("[limits]\n", &format!("[limits]\n{limits}\n"));
+    text.push_str(&format!(
         r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_timeout = "5s"
-
-[limits]
-request_timeout = "2s"
-upstream_timeout = "2s"
-{limits}
-
-[[route]]
-name = "a"
-path = "/webhooks/a"
-upstream = "http://{upstream}"
-secret = {{ env = "SECRET_A" }}
-replay_window = "{window}"
-
-[[route]]
-name = "b"
-path = "/webhooks/b"
-upstream = "http://{upstream}"
-secret = {{ env = "SECRET_B" }}
-
 [[route]]
 name = "c"
 path = "/webhooks/c"
@@ -51,7 +31,8 @@ upstream = "http://{upstream}"
 secret = {{ env = "SECRET_A" }}
 replay_window = "1h"
 "#
-    )
+    ));
+    text
 }
 
 fn signed(path: &str, secret: &str, body: &[u8]) -> Vec<u8> {
