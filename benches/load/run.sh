@@ -525,7 +525,7 @@ py report --results "$RAW" --out "$RESULTS" --rounds "$ROUNDS" \
   --meta "$HG_VERSION (git $GIT_REV); binary $HG_SIZE bytes, stripped $HG_STRIPPED bytes (\`strip\` on a copy)" \
   --meta "idle RSS after start: hookgate $HG_IDLE_RSS KiB; nginx proxy worker $NG_IDLE_RSS KiB" \
   --meta "upstream: a second nginx instance ($("$NGINX" -v 2>&1 | sed 's/.*: //'), \`return 200\`, client_max_body_size 2m, keep-alive)" \
-  --meta "load: wrk ($(wrk -v 2>&1 | head -1 | awk '{print $2}')), $WRK_THREADS thread(s), $CONNS connections, keep-alive, signed POST (X-Adsumo-Signature) from post.lua; ${DURATION}s per run, $ROUNDS interleaved rounds, ${WARMUP}s warm-up" \
+  --meta "load: wrk ($(wrk -v 2>&1 | head -1 | awk '{print $2}')), $WRK_THREADS thread(s), $CONNS connections, keep-alive, signed POST (X-Adsumo-Signature) from $(basename "$LUA")$([[ $REPLAY == 1 ]] && echo ", $POOL_SIZE distinct bodies in turn, replay_window = $REPLAY_WINDOW"); ${DURATION}s per run, $ROUNDS interleaved rounds, ${WARMUP}s warm-up" \
   --meta "$PIN_NOTE" \
   --meta "$ACCESS_NOTE" \
   --meta "$TLS_NOTE" \
