@@ -229,24 +229,29 @@ async fn client_gone_lets_the_retry_through() {
     }
     assert_eq!(hang.count(), 1);
     drop(first);
-    // The gateway notices the close asynchronously: poll until the second
-    // copy is forwarded (it must not stay 409 for the 30 s timeout).
+    // The gateway notices the close asynchronously: send copies until one
+    // is forwarded (it must not stay 409 for the 30 s timeout).
     let mut statuses = Vec::new();
-    for _ in 0..50 {
+    'copies: for _ in 0..50 {
         let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut conn, &a)
             .await
             .unwrap();
-        match try_read_response(&mut conn, Duration::from_millis(200)).await {
-            Ok(resp) => {
-                assert_eq!(resp.status, 409);
-                statuses.push(409);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match try_read_response(&mut conn, Duration::from_millis(100)).await {
+                Ok(resp) => {
+                    statuses.push(resp.status);
+                    break;
+                }
+                // No answer: the upstream holds this copy.
+                Err(_) if hang.count() == 2 => break 'copies,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
             }
-            // No answer yet: the upstream holds this copy.
-            Err(_) => break,
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(statuses.iter().all(|s| *s == 409), "{statuses:?}");
     assert_eq!(hang.count(), 2, "after {statuses:?}");
     gw.stop().await;
 }
@@ -320,12 +325,12 @@ async fn store_is_bounded_and_evicts_the_oldest() {
 #[tokio::test]
 async fn entry_older_than_the_window_lets_the_copy_through() {
     let up = Upstream::start(Behaviour::Respond).await;
-    let gw = Gateway::start(&config(up.addr, "300ms", "")).await;
+    let gw = Gateway::start(&config(up.addr, "1s", "")).await;
     let a = signed("/webhooks/a", SECRET_A, BODY);
     assert_eq!(raw(gw.addr, &a).await.0.status, 201);
     assert_eq!(raw(gw.addr, &a).await.0.status, 200);
     // The window is the only input here: wait it out.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(raw(gw.addr, &a).await.0.status, 201);
     assert_eq!(raw(gw.addr, &a).await.0.status, 200);
     assert_eq!(up.count(), 2);
