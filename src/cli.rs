@@ -68,6 +68,15 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config, &ProcessEnv) {
+            Ok(c) if c.routes.is_empty() => {
+                // Valid (the packaged default is like this), but say plainly
+                // that nothing will be forwarded yet.
+                println!(
+                    "{}: configuration OK; no routes configured: every request will be answered 404 until a [[route]] is added",
+                    config.display()
+                );
+                ExitCode::SUCCESS
+            }
             Ok(c) => {
                 println!(
                     "{}: configuration OK ({} route{})",
@@ -186,6 +195,9 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
 
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%listen, admin = %admin_addr, routes, tls, version = env!("CARGO_PKG_VERSION"), "hookgate serving");
+    if routes == 0 {
+        tracing::warn!("no routes configured: every request is answered 404; add a [[route]] and reload");
+    }
     ready.set(true);
     let status = format!("serving {routes} routes");
     lifecycle::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);

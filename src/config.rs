@@ -116,6 +116,8 @@ pub struct Config {
     pub server: Server,
     pub admin: Admin,
     pub limits: Limits,
+    /// May be empty (the packaged default config): every request then gets
+    /// 404, like a web server with no site configured.
     pub routes: Vec<Arc<Route>>,
 }
 
@@ -132,6 +134,8 @@ pub struct Server {
 pub struct Tls {
     pub files: TlsFiles,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The served leaf certificate's notAfter, Unix seconds.
+    pub leaf_not_after: i64,
 }
 
 /// Paths of the PEM files for `[server.tls]`.
@@ -340,9 +344,10 @@ fn build(
             key: t.key.into_inner(),
         };
         match crate::tls::load(&files) {
-            Ok(server_config) => Some(Tls {
+            Ok(loaded) => Some(Tls {
                 files,
-                server_config,
+                server_config: loaded.server_config,
+                leaf_not_after: loaded.leaf_not_after,
             }),
             Err(e) => {
                 r.add(span, e.to_string());
@@ -403,12 +408,6 @@ fn build(
         replay_max_entries,
     };
 
-    if raw.routes.is_empty() {
-        r.add(
-            0..0,
-            "no [[route]] is configured; add at least one route (see config.example.toml)",
-        );
-    }
     let mut names: HashMap<String, Range<usize>> = HashMap::new();
     let mut places: HashSet<(Option<String>, String)> = HashSet::new();
     let mut routes = Vec::new();

@@ -46,6 +46,12 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabel {
+    /// `server.tls.cert` as configured.
+    path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -83,6 +89,7 @@ pub struct Metrics {
     pub replay_entries: Gauge,
     /// Recorded deliveries evicted from it before their window ended.
     pub replay_evictions: Counter,
+    cert_expiry: Family<CertLabel, Gauge>,
 }
 
 /// One route's handles, resolved at config load.
@@ -193,6 +200,12 @@ impl Metrics {
             "Unix time of the last successful configuration load",
             last_reload_success.clone(),
         );
+        let cert_expiry = Family::<CertLabel, Gauge>::default();
+        registry.register(
+            "hookgate_tls_certificate_expiry_timestamp_seconds",
+            "Unix time after which the served leaf certificate is no longer valid (notAfter); absent without TLS",
+            cert_expiry.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -228,6 +241,22 @@ impl Metrics {
             last_reload_success,
             replay_entries,
             replay_evictions,
+            cert_expiry,
+        }
+    }
+
+    /// Publishes the certificate now served: its path and notAfter, or no
+    /// series at all for plain HTTP (a 0 would read as "expired" to an
+    /// alert). Called for every config that is put into service, so a reload
+    /// with a renewed certificate moves the value.
+    pub fn tls_certificate(&self, cert: Option<(&std::path::Path, i64)>) {
+        self.cert_expiry.clear();
+        if let Some((path, not_after)) = cert {
+            self.cert_expiry
+                .get_or_create(&CertLabel {
+                    path: path.display().to_string(),
+                })
+                .set(not_after);
         }
     }
 
@@ -298,6 +327,24 @@ mod tests {
             text.contains("hookgate_requests_total{route=\"a\",outcome=\"forwarded\"} 2\n"),
             "{text}"
         );
+    }
+
+    /// The expiry series follows the certificate in service: set, replaced
+    /// by another path (the old series gone), removed for plain HTTP.
+    #[test]
+    fn certificate_expiry_follows_the_served_certificate() {
+        let m = Metrics::new();
+        let name = "hookgate_tls_certificate_expiry_timestamp_seconds";
+        m.tls_certificate(Some((std::path::Path::new("/a.pem"), 1_900_000_000)));
+        assert!(m
+            .encode()
+            .contains(&format!("{name}{{path=\"/a.pem\"}} 1900000000\n")));
+        m.tls_certificate(Some((std::path::Path::new("/b.pem"), 1_950_000_000)));
+        let text = m.encode();
+        assert!(text.contains(&format!("{name}{{path=\"/b.pem\"}} 1950000000\n")));
+        assert!(!text.contains("/a.pem"), "{text}");
+        m.tls_certificate(None);
+        assert!(!m.encode().contains(&format!("{name}{{")));
     }
 
     #[test]

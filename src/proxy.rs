@@ -114,9 +114,17 @@ pub struct State {
 impl State {
     /// Resolves everything a request will need per route: metric handles
     /// and upstream pools (shared with earlier states, so a reload keeps
-    /// both the counters and the keep-alive connections).
+    /// both the counters and the keep-alive connections). Publishes the
+    /// certificate's expiry, since this state is about to be served.
     pub fn new(config: Config, metrics: &Metrics, upstreams: &Upstreams) -> State {
         let routes = RouteTable::new(&config.routes);
+        metrics.tls_certificate(
+            config
+                .server
+                .tls
+                .as_ref()
+                .map(|t| (t.files.cert.as_path(), t.leaf_not_after)),
+        );
         let route_metrics = config
             .routes
             .iter()

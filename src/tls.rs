@@ -56,6 +56,8 @@ pub enum TlsError {
     BadKey { path: PathBuf },
     #[error("TLS key file {} does not match the certificate in {}; use the key the certificate was issued for", key.display(), cert.display())]
     KeyMismatch { key: PathBuf, cert: PathBuf },
+    #[error("TLS cert file {}: the first certificate is not valid X.509; the leaf must come first, re-export the chain", path.display())]
+    BadLeaf { path: PathBuf },
     #[error("TLS cert file {}: {reason}", path.display())]
     Unusable {
         path: PathBuf,
@@ -63,9 +65,25 @@ pub enum TlsError {
     },
 }
 
+/// What [`load`] builds from the PEM files.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub server_config: Arc<ServerConfig>,
+    /// The leaf certificate's notAfter, in Unix seconds (read from the same
+    /// bytes that are served, so the expiry metric never describes another
+    /// file than the one in use).
+    pub leaf_not_after: i64,
+}
+
 /// Loads the certificate chain and key and builds the server config.
-pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let certs = load_certs(&files.cert)?;
+    let leaf_not_after = certs
+        .first()
+        .and_then(leaf_not_after)
+        .ok_or_else(|| TlsError::BadLeaf {
+            path: files.cert.clone(),
+        })?;
     let key = load_key(&files.key)?;
     let provider = provider();
     let certified = CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {
@@ -91,7 +109,16 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        server_config: Arc::new(config),
+        leaf_not_after,
+    })
+}
+
+/// The certificate's notAfter in Unix seconds; `None` if it is not X.509.
+fn leaf_not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -67,7 +67,6 @@ fn broken_configs_each_get_their_message() {
         ("bad duration", GOOD.replace("[server]", "[limits]\nrequest_timeout = \"10\"\n[server]"), "hookgate.toml:2:19: limits.request_timeout: \"10\" is not a duration"),
         ("zero duration", GOOD.replace("[server]", "[limits]\nupstream_timeout = \"0s\"\n[server]"), "limits.upstream_timeout must be greater than zero"),
         ("bad CIDR", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.0/33\"]"), "server.trusted_proxies: \"10.0.0.0/33\" is not an IP address or CIDR"),
-        ("no routes", "[server]\nlisten = \"127.0.0.1:1\"\n".to_string(), "no [[route]] is configured"),
         ("duplicate name", format!("{GOOD}\n[[route]]\nname = \"a\"\npath = \"/hooks/b\"\nupstream = \"http://127.0.0.1:3000\"\nsecret = {{ env = \"SECRET_A\" }}\n"), "hookgate.toml:11:8: route \"a\": duplicate route name (first defined at line:column 5:8)"),
         ("duplicate path", format!("{GOOD}\n[[route]]\nname = \"b\"\npath = \"/hooks/a\"\nupstream = \"http://127.0.0.1:3000\"\nsecret = {{ env = \"SECRET_A\" }}\n"), "route \"b\": another route already serves path \"/hooks/a\" on any host"),
         ("zero replay_window", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nreplay_window = \"0s\""), "hookgate.toml:7:17: route \"a\": replay_window must be greater than zero"),
@@ -138,6 +137,69 @@ fn example_config_passes_check() {
     assert!(String::from_utf8(out.stdout)
         .unwrap()
         .contains("configuration OK (1 route)"));
+}
+
+/// The config the Debian package installs as /etc/hookgate/hookgate.toml.
+const PACKAGED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/deb/hookgate.toml");
+
+/// A config without any route is valid (the packaged default is one):
+/// `check` exits 0 and says plainly that nothing will be forwarded.
+#[test]
+fn zero_routes_pass_check_with_a_notice() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", PACKAGED_CONFIG])
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        format!("{PACKAGED_CONFIG}: configuration OK; no routes configured: every request will be answered 404 until a [[route]] is added\n")
+    );
+}
+
+/// `run` serves the packaged zero-route config: a warning says nothing is
+/// routed, every request gets 404, the admin listener answers.
+#[tokio::test]
+async fn run_serves_zero_routes_with_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    let text = std::fs::read_to_string(PACKAGED_CONFIG).unwrap();
+    assert_eq!(text.matches("127.0.0.1:8080").count(), 1);
+    assert_eq!(text.matches("127.0.0.1:9464").count(), 1);
+    let text = text
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9464", "127.0.0.1:0");
+    std::fs::write(&path, text).unwrap();
+    let Running {
+        mut child,
+        addr,
+        admin,
+        mut lines,
+        seen,
+    } = spawn_run(&path, &[]);
+    let warning = lines.next().unwrap().unwrap();
+    assert!(
+        warning.contains("\"level\":\"WARN\"") && warning.contains("no routes configured"),
+        "{seen:?} then {warning}"
+    );
+    let body = b"{}";
+    let (resp, _) = raw(addr, &post("/webhooks/adsumo/prod", Some(&sign(SECRET_A, body)), body, "")).await;
+    assert_eq!(resp.status, 404);
+    let (resp, _) = raw(admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(resp.status, 200);
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
 /// `sign` prints the RFC 4231 test case 2 HMAC-SHA256, from a file and from

@@ -562,6 +562,8 @@ pub struct Running {
     pub child: std::process::Child,
     /// The bound data-plane address, from the "hookgate serving" line.
     pub addr: SocketAddr,
+    /// The bound admin address, from the same line.
+    pub admin: SocketAddr,
     /// The rest of stderr.
     pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
     /// The lines read before the process was listening.
@@ -581,7 +583,7 @@ pub fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Running {
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
-    let addr = loop {
+    let (addr, admin) = loop {
         let line = lines
             .next()
             .unwrap_or_else(|| panic!("exited before listening: {seen:#?}"))
@@ -589,12 +591,14 @@ pub fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Running {
         seen.push(line.clone());
         if line.contains("hookgate serving") {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["listen"].as_str().unwrap().parse().unwrap();
+            let addr = |key: &str| v[key].as_str().unwrap().parse().unwrap();
+            break (addr("listen"), addr("admin"));
         }
     };
     Running {
         child,
         addr,
+        admin,
         lines,
         seen,
     }
