@@ -193,6 +193,61 @@ async fn silent_connection_closed_at_handshake_timeout() {
     gw.stop().await;
 }
 
+/// `hookgate_tls_certificate_expiry_timestamp_seconds` is the served
+/// leaf's notAfter, labelled with its path; a reload onto a renewed
+/// certificate moves it (and drops the old path's series), a failed reload
+/// leaves it as it was.
+#[tokio::test]
+async fn certificate_expiry_metric_follows_reloads() {
+    const NAME: &str = "hookgate_tls_certificate_expiry_timestamp_seconds";
+    let dir = tempfile::tempdir().unwrap();
+    // Midnight UTC of 2031-05-17 and of 2032-01-02.
+    let old = write_cert(dir.path(), "old", (2031, 5, 17));
+    let new = write_cert(dir.path(), "new", (2032, 1, 2));
+    let as_test_cert = |c: &CertFiles| TestCert {
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        der: c.der.clone(),
+    };
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let config = tls_config(upstream.addr, &as_test_cert(&old), "");
+    let gw = Gateway::start(&config).await;
+    let series = |c: &CertFiles| format!("{NAME}{{path=\"{}\"}} ", c.cert.display());
+    let text = gw.metrics().await;
+    assert!(text.contains(&format!("{}1936742400\n", series(&old))), "{text}");
+
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(&path, tls_config(upstream.addr, &as_test_cert(&new), "")).unwrap();
+    hookgate::lifecycle::reload(&gw.proxy, &path, &env()).unwrap();
+    let text = gw.metrics().await;
+    assert!(text.contains(&format!("{}1956614400\n", series(&new))), "{text}");
+    assert!(!text.contains(&series(&old)), "{text}");
+
+    // The old certificate with the new key: refused, the metric stays.
+    let mismatched = TestCert {
+        key: new.key.clone(),
+        ..as_test_cert(&old)
+    };
+    std::fs::write(&path, tls_config(upstream.addr, &mismatched, "")).unwrap();
+    assert!(hookgate::lifecycle::reload(&gw.proxy, &path, &env()).is_err());
+    let text = gw.metrics().await;
+    assert!(text.contains(&format!("{}1956614400\n", series(&new))), "{text}");
+    gw.stop().await;
+}
+
+/// Plain HTTP exposes no expiry series (a 0 would read as "expired").
+#[tokio::test]
+async fn no_certificate_expiry_series_without_tls() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&two_routes(upstream.addr, "")).await;
+    let text = gw.metrics().await;
+    assert!(
+        !text.contains("hookgate_tls_certificate_expiry_timestamp_seconds{"),
+        "{text}"
+    );
+    gw.stop().await;
+}
+
 fn check_message(config: &str) -> String {
     hookgate::config::Config::from_toml_str(config, Path::new("tls.toml"), &env())
         .unwrap_err()

@@ -555,6 +555,34 @@ pub fn post(path: &str, signature: Option<&str>, body: &[u8], extra: &str) -> Ve
 }
 
 // ---------------------------------------------------------------------------
+// Certificates.
+
+/// A self-signed `localhost` certificate and its key as PEM files.
+pub struct CertFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+/// Writes `{name}.crt` and `{name}.key` into `dir`: a self-signed
+/// certificate for `localhost` whose notAfter is midnight UTC of the given
+/// date.
+pub fn write_cert(dir: &Path, name: &str, not_after: (i32, u8, u8)) -> CertFiles {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let files = CertFiles {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+        der: cert.der().clone(),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    files
+}
+
+// ---------------------------------------------------------------------------
 // The real binary.
 
 /// A `hookgate run --log-format json` process that is listening.
