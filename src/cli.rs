@@ -196,7 +196,9 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%listen, admin = %admin_addr, routes, tls, version = env!("CARGO_PKG_VERSION"), "hookgate serving");
     if routes == 0 {
-        tracing::warn!("no routes configured: every request is answered 404; add a [[route]] and reload");
+        tracing::warn!(
+            "no routes configured: every request is answered 404; add a [[route]] and reload"
+        );
     }
     ready.set(true);
     let status = format!("serving {routes} routes");

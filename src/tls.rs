@@ -78,12 +78,13 @@ pub struct Loaded {
 /// Loads the certificate chain and key and builds the server config.
 pub fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let certs = load_certs(&files.cert)?;
-    let leaf_not_after = certs
-        .first()
-        .and_then(leaf_not_after)
-        .ok_or_else(|| TlsError::BadLeaf {
-            path: files.cert.clone(),
-        })?;
+    let leaf_not_after =
+        certs
+            .first()
+            .and_then(leaf_not_after)
+            .ok_or_else(|| TlsError::BadLeaf {
+                path: files.cert.clone(),
+            })?;
     let key = load_key(&files.key)?;
     let provider = provider();
     let certified = CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {

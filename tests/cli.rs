@@ -190,9 +190,22 @@ async fn run_serves_zero_routes_with_404() {
         "{seen:?} then {warning}"
     );
     let body = b"{}";
-    let (resp, _) = raw(addr, &post("/webhooks/adsumo/prod", Some(&sign(SECRET_A, body)), body, "")).await;
+    let (resp, _) = raw(
+        addr,
+        &post(
+            "/webhooks/adsumo/prod",
+            Some(&sign(SECRET_A, body)),
+            body,
+            "",
+        ),
+    )
+    .await;
     assert_eq!(resp.status, 404);
-    let (resp, _) = raw(admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let (resp, _) = raw(
+        admin,
+        b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 200);
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

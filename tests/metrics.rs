@@ -201,28 +201,11 @@ async fn admin_endpoints_and_data_plane_separation() {
     gw.stop().await;
 }
 
-fn promtool() -> Option<std::path::PathBuf> {
-    let candidates = [
-        std::env::var_os("PROMTOOL").map(Into::into),
-        Some("/opt/promtool/promtool".into()),
-        Some("promtool".into()),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p: &std::path::PathBuf| {
-            std::process::Command::new(p)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-}
-
 /// The exposition, with ten routes and traffic on them, passes
 /// `promtool check metrics` (lint included). Prints the page size.
 #[tokio::test]
 async fn exposition_passes_promtool() {
-    let Some(promtool) = promtool() else {
+    let Some(promtool) = prometheus_tool("PROMTOOL", "promtool") else {
         assert!(
             std::env::var("CI").is_err(),
             "promtool is required when CI=true (.ci/run installs it)"

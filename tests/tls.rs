@@ -214,13 +214,19 @@ async fn certificate_expiry_metric_follows_reloads() {
     let gw = Gateway::start(&config).await;
     let series = |c: &CertFiles| format!("{NAME}{{path=\"{}\"}} ", c.cert.display());
     let text = gw.metrics().await;
-    assert!(text.contains(&format!("{}1936742400\n", series(&old))), "{text}");
+    assert!(
+        text.contains(&format!("{}1936742400\n", series(&old))),
+        "{text}"
+    );
 
     let path = dir.path().join("hookgate.toml");
     std::fs::write(&path, tls_config(upstream.addr, &as_test_cert(&new), "")).unwrap();
     hookgate::lifecycle::reload(&gw.proxy, &path, &env()).unwrap();
     let text = gw.metrics().await;
-    assert!(text.contains(&format!("{}1956614400\n", series(&new))), "{text}");
+    assert!(
+        text.contains(&format!("{}1956614400\n", series(&new))),
+        "{text}"
+    );
     assert!(!text.contains(&series(&old)), "{text}");
 
     // The old certificate with the new key: refused, the metric stays.
@@ -231,7 +237,10 @@ async fn certificate_expiry_metric_follows_reloads() {
     std::fs::write(&path, tls_config(upstream.addr, &mismatched, "")).unwrap();
     assert!(hookgate::lifecycle::reload(&gw.proxy, &path, &env()).is_err());
     let text = gw.metrics().await;
-    assert!(text.contains(&format!("{}1956614400\n", series(&new))), "{text}");
+    assert!(
+        text.contains(&format!("{}1956614400\n", series(&new))),
+        "{text}"
+    );
     gw.stop().await;
 }
 

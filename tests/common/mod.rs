@@ -555,6 +555,48 @@ pub fn post(path: &str, signature: Option<&str>, body: &[u8], extra: &str) -> Ve
 }
 
 // ---------------------------------------------------------------------------
+// Prometheus' own binaries.
+
+/// `promtool` or `prometheus`: `$ENV_VAR`, else where `.ci/run` unpacks
+/// Debian's prometheus package (/opt/prometheus, or /opt/promtool from
+/// before), else `PATH`. `None` if none of them runs `--version`.
+pub fn prometheus_tool(env_var: &str, name: &str) -> Option<std::path::PathBuf> {
+    let candidates = [
+        std::env::var_os(env_var).map(Into::into),
+        Some(Path::new("/opt/prometheus").join(name)),
+        Some(Path::new("/opt/promtool").join(name)),
+        Some(name.into()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p: &std::path::PathBuf| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+/// Like [`prometheus_tool`], but a missing tool is a skip (printed) outside
+/// CI and a failure under `CI=true`, where `.ci/run` must have installed it.
+pub fn require_prometheus_tool(
+    env_var: &str,
+    name: &str,
+    test: &str,
+) -> Option<std::path::PathBuf> {
+    let found = prometheus_tool(env_var, name);
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{test}: {name} is required when CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIP {test}: {name} not found (set {env_var} or run .ci/run)");
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------
 // Certificates.
 
 /// A self-signed `localhost` certificate and its key as PEM files.
