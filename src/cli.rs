@@ -26,7 +26,8 @@ use crate::verify::Key;
 #[command(
     name = "hookgate",
     version,
-    about = "Forwards only webhooks whose HMAC signature is valid"
+    about = "Forwards only webhooks whose HMAC signature is valid",
+    after_long_help = MORE_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -35,6 +36,21 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// `hookgate --help` and the man page (generated from these definitions by
+/// `examples/deb_assets.rs`) end with this.
+const MORE_HELP: &str = "\
+Files:
+  /etc/hookgate/hookgate.toml   the configuration (--config); every key is described in
+                                /usr/share/doc/hookgate/examples/config.example.toml
+
+Environment:
+  HOOKGATE_LOG                  log filter (EnvFilter syntax), default \"info\"
+  CREDENTIALS_DIRECTORY         where secret = { credential = \"NAME\" } is read (systemd sets it)
+
+Signals (run):
+  SIGHUP                        reload the configuration, secrets and certificates
+  SIGTERM, SIGINT               stop accepting, drain in-flight requests, exit 0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -46,11 +62,13 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the configured routes.
     Run {
+        /// The configuration file (TOML).
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Validate the config, its secrets and certificates, then exit.
     Check {
+        /// The configuration file (TOML).
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
