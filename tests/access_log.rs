@@ -29,6 +29,7 @@ async fn one_line_per_request_without_secrets() {
         addr,
         lines,
         seen: mut all,
+        ..
     } = spawn_run(
         &path,
         &[

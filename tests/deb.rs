@@ -33,9 +33,9 @@ fn unavailable(test: &str, needs_root: bool) -> Option<PathBuf> {
     let deb = std::env::var_os("HOOKGATE_DEB").map(PathBuf::from);
     let why = if deb.is_none() {
         Some("HOOKGATE_DEB is not set (build with contrib/deb/build; .ci/run sets it)".to_string())
-    } else if !run("dpkg", &["--version"]).is_some_and(|o| o.status.success()) {
+    } else if run("dpkg", &["--version"]).is_none_or(|o| !o.status.success()) {
         Some("dpkg not found".to_string())
-    } else if needs_root && !run("id", &["-u"]).is_some_and(|o| o.stdout == b"0\n") {
+    } else if needs_root && run("id", &["-u"]).is_none_or(|o| o.stdout != b"0\n") {
         Some("not root (dpkg -i needs root)".to_string())
     } else {
         None
