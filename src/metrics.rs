@@ -90,6 +90,9 @@ pub struct Metrics {
     /// Recorded deliveries evicted from it before their window ended.
     pub replay_evictions: Counter,
     cert_expiry: Family<CertLabel, Gauge>,
+    /// The expiry series now exposed, so a reload can drop it when the path
+    /// changes.
+    cert_in_service: std::sync::Mutex<Option<CertLabel>>,
 }
 
 /// One route's handles, resolved at config load.
@@ -242,22 +245,36 @@ impl Metrics {
             replay_entries,
             replay_evictions,
             cert_expiry,
+            cert_in_service: std::sync::Mutex::new(None),
         }
     }
 
     /// Publishes the certificate now served: its path and notAfter, or no
     /// series at all for plain HTTP (a 0 would read as "expired" to an
     /// alert). Called for every config that is put into service, so a reload
-    /// with a renewed certificate moves the value.
+    /// with a renewed certificate moves the value. The new value is set
+    /// before an old path's series is removed: a scrape never sees the
+    /// series missing across a reload (which would restart an alert's `for`).
     pub fn tls_certificate(&self, cert: Option<(&std::path::Path, i64)>) {
-        self.cert_expiry.clear();
-        if let Some((path, not_after)) = cert {
-            self.cert_expiry
-                .get_or_create(&CertLabel {
-                    path: path.display().to_string(),
-                })
-                .set(not_after);
+        let new = cert.map(|(path, not_after)| {
+            let label = CertLabel {
+                path: path.display().to_string(),
+            };
+            self.cert_expiry.get_or_create(&label).set(not_after);
+            label
+        });
+        // A poisoned lock only means another thread panicked while holding
+        // it; the label inside is still the one exposed.
+        let mut current = self
+            .cert_in_service
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.take() {
+            if new.as_ref() != Some(&old) {
+                self.cert_expiry.remove(&old);
+            }
         }
+        *current = new;
     }
 
     /// Resolves (creating at zero) every series of one route.
