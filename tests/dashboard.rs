@@ -2,7 +2,8 @@
 //! rules (`contrib/prometheus/hookgate-alerts.yml`) against the real thing:
 //! a real Prometheus (Debian's package, as `.ci/run` unpacks it) scrapes a
 //! real `hookgate run` over its admin listener every second, while the
-//! gateway serves a known mix of requests over TLS. Then every panel's
+//! gateway serves a known mix of requests over TLS (a replayed delivery
+//! included). Then every panel's
 //! PromQL, every template variable's `label_values()` and every metric name
 //! the rules and the dashboard mention is evaluated through Prometheus' HTTP
 //! API: a parse error, an empty result or an all-zero panel fails the test,
@@ -268,7 +269,7 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
         cert.key.display()
     );
     for (name, upstream, extra) in [
-        ("a", good.addr, ""),
+        ("a", good.addr, "replay_window = \"1h\"\n"),
         ("b", closed, ""),
         ("c", hang.addr, "upstream_timeout = \"60s\"\n"),
     ] {
@@ -297,11 +298,24 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
     let tls = tls_connector(cert.der.clone(), &[b"http/1.1"]);
     let sig = sign(SECRET_A, BODY);
     let close = "Connection: close\r\n";
-    let mix: Vec<(Vec<u8>, u16)> = vec![
-        (post("/a", Some(&sig), BODY, close), 201),
-        (post("/a", Some(&sig), BODY, close), 201),
-        (post("/a", Some(&sig), BODY, close), 201),
-        (post("/a", Some(&sig), BODY, close), 201),
+    // Four distinct deliveries to "a" (replay_window on), then a repeat.
+    let distinct: Vec<Vec<u8>> = (0..4)
+        .map(|i| format!("{{\"event\":\"generation.completed\",\"n\":{i}}}").into_bytes())
+        .collect();
+    let mut mix: Vec<(Vec<u8>, u16)> = distinct
+        .iter()
+        .map(|b| (post("/a", Some(&sign(SECRET_A, b)), b, close), 201))
+        .collect();
+    mix.push((
+        post(
+            "/a",
+            Some(&sign(SECRET_A, &distinct[0])),
+            &distinct[0],
+            close,
+        ),
+        200,
+    ));
+    mix.extend([
         (post("/a", Some(&sign(SECRET_B, BODY)), BODY, close), 401),
         (post("/a", None, BODY, close), 401),
         (post("/a", Some(&sig), &[b'x'; 2000], close), 413),
@@ -311,7 +325,7 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
         ),
         (post("/nowhere", Some(&sig), BODY, close), 404),
         (post("/b", Some(&sig), BODY, close), 502),
-    ];
+    ]);
     for (request, status) in &mix {
         assert_eq!(tls_status(addr, &tls, request).await, *status);
     }
@@ -337,6 +351,7 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
 
     for (promql, want) in [
         ("sum(hookgate_requests_total{outcome=\"forwarded\"})", 4.0),
+        ("sum(hookgate_requests_total{outcome=\"duplicate\"})", 1.0),
         (
             "sum(hookgate_requests_total{outcome=~\"signature_.*\"})",
             2.0,
