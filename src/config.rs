@@ -26,7 +26,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::secret::{Environment, SecretSource};
+use crate::secret::{Environment, Secret, SecretSource};
 use crate::verify::{Key, Scheme};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hookgate/hookgate.toml";
@@ -39,6 +39,9 @@ const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(9);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// Secrets shorter than this are warned about (Standard Webhooks asks for
+/// at least 24 random bytes; 16 is the floor below which we speak up).
+const MIN_SECRET_BYTES: usize = 16;
 
 // ---------------------------------------------------------------------------
 // Raw form: exactly what the file says.
@@ -119,6 +122,11 @@ pub struct Config {
     /// May be empty (the packaged default config): every request then gets
     /// 404, like a web server with no site configured.
     pub routes: Vec<Arc<Route>>,
+    /// Foot-guns that do not stop loading (shared or short secrets, loose
+    /// secret file modes, upstream hosts that do not resolve), each naming
+    /// its route. `check` prints them (and fails with `--strict`), `run`
+    /// and reload log them.
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone)]
@@ -239,11 +247,13 @@ impl ConfigError {
     }
 }
 
-/// Turns byte spans into `file:line:col` and collects problems.
+/// Turns byte spans into `file:line:col` and collects problems and
+/// warnings.
 struct Report<'a> {
     origin: String,
     text: &'a str,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Report<'_> {
@@ -262,6 +272,14 @@ impl Report<'_> {
     fn add(&mut self, span: Range<usize>, message: impl Into<String>) {
         let at = self.at(span);
         self.problems.push(Problem {
+            at,
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let at = self.at(span);
+        self.warnings.push(Problem {
             at,
             message: message.into(),
         });
@@ -291,6 +309,7 @@ impl Config {
             origin: origin.display().to_string(),
             text,
             problems: Vec::new(),
+            warnings: Vec::new(),
         };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
@@ -303,7 +322,8 @@ impl Config {
         let config = build(raw, origin, env, &mut report);
         if report.problems.is_empty() {
             // build returns Some whenever no problem was recorded.
-            if let Some(config) = config {
+            if let Some(mut config) = config {
+                config.warnings = report.warnings;
                 return Ok(config);
             }
         }
@@ -411,6 +431,9 @@ fn build(
     let mut names: HashMap<String, Range<usize>> = HashMap::new();
     let mut places: HashSet<(Option<String>, String)> = HashSet::new();
     let mut routes = Vec::new();
+    // (route name, secret) of the routes so far, to spot a shared secret.
+    // Dropped at the end of loading; only the keyed HMAC states stay.
+    let mut secrets: Vec<(String, Secret)> = Vec::new();
     for raw_route in raw.routes {
         let span = raw_route.span();
         let raw_route = raw_route.into_inner();
@@ -424,7 +447,7 @@ fn build(
         } else {
             names.insert(name.clone(), raw_route.name.span());
         }
-        if let Some(route) = build_route(raw_route, routes.len(), &limits, env, r) {
+        if let Some(route) = build_route(raw_route, routes.len(), &limits, env, &mut secrets, r) {
             if !places.insert((route.host.clone(), route.path.clone())) {
                 let host = route.host.as_deref().unwrap_or("any host");
                 r.add(
@@ -452,6 +475,7 @@ fn build(
         },
         limits,
         routes,
+        warnings: Vec::new(),
     })
 }
 
@@ -460,6 +484,7 @@ fn build_route(
     index: usize,
     limits: &Limits,
     env: &dyn Environment,
+    secrets: &mut Vec<(String, Secret)>,
     r: &mut Report<'_>,
 ) -> Option<Route> {
     let name = raw.name.get_ref().clone();
@@ -510,9 +535,14 @@ fn build_route(
     });
 
     let upstream = parse_upstream(raw.upstream.get_ref()).map_err(|why| {
+        // The URL is shown with any userinfo masked: a password typed into
+        // it must not reach a terminal or a journal.
         r.add(
             raw.upstream.span(),
-            format!("{route_ctx}: upstream {:?} {why}", raw.upstream.get_ref()),
+            format!(
+                "{route_ctx}: upstream {:?} {why}",
+                mask_userinfo(raw.upstream.get_ref())
+            ),
         );
     });
 
@@ -560,8 +590,22 @@ fn build_route(
     let allow_text: Vec<&str> = methods.iter().map(Method::as_str).collect();
     let allow = HeaderValue::from_str(&allow_text.join(", ")).ok();
 
+    if let Ok(upstream) = &upstream {
+        if let Some(why) = unresolvable(&upstream.authority) {
+            r.warn(
+                raw.upstream.span(),
+                format!("{route_ctx}: upstream host {why}; requests on this route will get 502 until it resolves"),
+            );
+        }
+    }
+
     let key = match raw.secret.get_ref().load(env) {
-        Ok(secret) => Some(Key::new(secret.as_bytes())),
+        Ok(secret) => {
+            secret_warnings(&route_ctx, &secret, secrets, raw.secret.span(), r);
+            let key = Key::new(secret.as_bytes());
+            secrets.push((name.clone(), secret));
+            Some(key)
+        }
         Err(e) => {
             r.add(raw.secret.span(), format!("{route_ctx}: {e}"));
             None
@@ -619,6 +663,61 @@ fn build_route(
     })
 }
 
+/// Warnings about a route's secret: the same bytes as an earlier route's,
+/// shorter than [`MIN_SECRET_BYTES`], or a file group or others may read.
+/// Never the secret itself, nor its length.
+fn secret_warnings(
+    route_ctx: &str,
+    secret: &Secret,
+    earlier: &[(String, Secret)],
+    span: Range<usize>,
+    r: &mut Report<'_>,
+) {
+    // Not on the request path and both values are ours: a plain compare.
+    if let Some((first, _)) = earlier
+        .iter()
+        .find(|(_, s)| s.as_bytes() == secret.as_bytes())
+    {
+        r.warn(
+            span.clone(),
+            format!("{route_ctx}: uses the same secret as route {first:?}; give each route its own secret (one secret per endpoint, as Standard Webhooks advises)"),
+        );
+    }
+    if secret.as_bytes().len() < MIN_SECRET_BYTES {
+        r.warn(
+            span.clone(),
+            format!("{route_ctx}: secret is shorter than {MIN_SECRET_BYTES} bytes; ask the sender for a longer one (at least 24 random bytes)"),
+        );
+    }
+    if let Some((path, mode)) = secret.loose_file() {
+        r.warn(
+            span,
+            format!(
+                "{route_ctx}: secret file {} is readable by group or others (mode {mode:04o}); chmod 600 it",
+                path.display()
+            ),
+        );
+    }
+}
+
+/// `Some(why)` when the upstream's host name does not resolve now (an IP
+/// literal always does). Checked at load only: DNS may recover later, so
+/// this warns rather than fails.
+fn unresolvable(authority: &Authority) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let host = authority.host();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("{host} resolves to no address")),
+        Err(e) => Some(format!("{host} does not resolve ({e})")),
+    }
+}
+
 fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
     let uri: Uri = text
         .parse()
@@ -635,7 +734,7 @@ fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
         .cloned()
         .ok_or("has no host; write e.g. \"http://127.0.0.1:3000\"")?;
     if authority.as_str().contains('@') {
-        return Err("must not contain user info; remove the part before '@'");
+        return Err("must not contain credentials; remove the user:password@ part (hookgate sends no upstream authentication)");
     }
     let fixed_path = match uri.path_and_query() {
         Some(pq) if pq.query().is_some() => {
@@ -652,6 +751,19 @@ fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
         authority,
         fixed_path,
     })
+}
+
+/// `scheme://user:pass@host/p` → `scheme://***@host/p`. Works on text that
+/// is not a valid URL too (everything before the authority's last `@` is
+/// masked), so no error message can carry a password typed into a URL.
+pub fn mask_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &rest[at..]),
+        None => url.to_string(),
+    }
 }
 
 fn parse_cidr(text: &str) -> Option<IpNet> {
@@ -769,6 +881,7 @@ secret = { env = "S" }
             origin: "f".into(),
             text: "ab\ncd\nefg",
             problems: vec![],
+            warnings: vec![],
         };
         assert_eq!(r.at(0..1), "f:1:1");
         assert_eq!(r.at(4..5), "f:2:2");

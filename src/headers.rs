@@ -188,6 +188,28 @@ fn append_forwarded(
     }
 }
 
+/// True when a field name in `headers` is one of `names` with some `-`
+/// written as `_` (`X_Adsumo_Signature` for `X-Adsumo-Signature`). Many app
+/// stacks (CGI, Rack, PHP, WSGI) map both to the same variable, so such a
+/// field next to the real one could hand the app a value the gateway never
+/// verified (Envoy's `headers_with_underscores_action` closes the same
+/// hole). Names are already lower-case; only names containing `_` are
+/// compared, so the usual request costs one byte scan per field.
+pub fn has_lookalike(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|field| {
+        let field = field.as_str().as_bytes();
+        field.contains(&b'_')
+            && names.iter().any(|name| {
+                let name = name.as_str().as_bytes();
+                name.len() == field.len()
+                    && name
+                        .iter()
+                        .zip(field)
+                        .all(|(&n, &f)| n == f || (n == b'-' && f == b'_'))
+            })
+    })
+}
+
 /// Strips hop-by-hop fields from the upstream's response, keeping order.
 pub fn client_response_headers(mut upstream: HeaderMap) -> HeaderMap {
     let named = connection_named(&upstream);
@@ -375,6 +397,27 @@ mod tests {
         let out = upstream_request_headers(m, &sig(), None, Some("a.example"), 0);
         assert_eq!(out[&X_FORWARDED_FOR], "1.1.1.1");
         assert_eq!(out[header::HOST], "a.example");
+    }
+
+    #[test]
+    fn lookalikes_of_the_signature_field() {
+        let names = [sig()];
+        for (field, want) in [
+            ("x_adsumo_signature", true),
+            ("x-adsumo_signature", true),
+            ("x_adsumo-signature", true),
+            ("x-adsumo-signature", false),
+            ("x_adsumo_signaturex", false),
+            ("x_request_id", false),
+            ("x_adsumo_signatur_", false),
+        ] {
+            assert_eq!(
+                has_lookalike(&map(&[(field, "v")]), &names),
+                want,
+                "{field}"
+            );
+        }
+        assert!(!has_lookalike(&map(&[("x_adsumo_signature", "v")]), &[]));
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub fn reload(proxy: &Proxy, path: &Path, env: &dyn Environment) -> Result<usize
     if o.limits.max_connections != n.limits.max_connections {
         tracing::warn!("limits.max_connections changed; the new value applies after a restart");
     }
+    for line in crate::cli::warning_lines(&new) {
+        tracing::warn!("{line}");
+    }
     let routes = new.routes.len();
     proxy.replace_config(new);
     Ok(routes)

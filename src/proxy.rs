@@ -43,6 +43,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("HTTP/1.1 request without exactly one valid Host header")]
     BadHost,
+    #[error("a header field's name is the signature header's with '_' for '-'")]
+    HeaderLookalike,
     #[error(transparent)]
     Signature(VerifyError),
     #[error("Content-Length exceeds the route's max_body_bytes")]
@@ -53,6 +55,8 @@ pub enum ProxyError {
     Upstream(UpstreamError),
     #[error("upstream did not answer within upstream_timeout")]
     UpstreamTimeout,
+    #[error("upstream answered {0} to a request that asked for no upgrade")]
+    UpstreamInformational(StatusCode),
     #[error("cannot build the upstream URI: {0}")]
     UpstreamUri(#[source] http::Error),
     /// Not a failure: a repeat the gateway answers itself instead of
@@ -72,7 +76,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, Outcome::MethodNotAllowed)
             }
-            ProxyError::BadHost => (StatusCode::BAD_REQUEST, Outcome::BadRequest),
+            ProxyError::BadHost | ProxyError::HeaderLookalike => {
+                (StatusCode::BAD_REQUEST, Outcome::BadRequest)
+            }
             ProxyError::Signature(VerifyError::Missing) => {
                 (StatusCode::UNAUTHORIZED, Outcome::SignatureMissing)
             }
@@ -87,7 +93,9 @@ impl ProxyError {
             }
             ProxyError::Body(BodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, Outcome::Timeout),
             ProxyError::Body(BodyError::Read(_)) => (StatusCode::BAD_REQUEST, Outcome::BadRequest),
-            ProxyError::Upstream(_) | ProxyError::UpstreamUri(_) => {
+            ProxyError::Upstream(_)
+            | ProxyError::UpstreamUri(_)
+            | ProxyError::UpstreamInformational(_) => {
                 (StatusCode::BAD_GATEWAY, Outcome::UpstreamError)
             }
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamTimeout),
@@ -378,6 +386,12 @@ impl Proxy {
         if !host_ok {
             return Err(ProxyError::BadHost);
         }
+        if headers::has_lookalike(
+            &parts.headers,
+            std::slice::from_ref(&route.signature_header),
+        ) {
+            return Err(ProxyError::HeaderLookalike);
+        }
         let signature = verify::signature_from_headers(&parts.headers, &route.signature_header)
             .map_err(ProxyError::Signature)?;
         if body.size_hint().lower() > route.max_body_bytes {
@@ -433,8 +447,15 @@ impl Proxy {
                 .map_err(|_| ProxyError::UpstreamTimeout)?
                 .map_err(ProxyError::Upstream)?;
         ex.upstream_time = Some(sent.elapsed());
-        ex.lease = Some(lease);
         ex.upstream_status = Some(response.status());
+        // hyper's client consumes 100 and 102–199 itself; only 101 reaches
+        // here, and hookgate does no upgrades. The connection is dropped
+        // with the lease, never reused; a replay claim is dropped too, so
+        // the sender's next copy goes through.
+        if response.status().is_informational() {
+            return Err(ProxyError::UpstreamInformational(response.status()));
+        }
+        ex.lease = Some(lease);
         // Recorded only once the app accepted it; otherwise the claim is
         // dropped and the next copy goes through.
         if let (Some(claim), true) = (claim, response.status().is_success()) {
@@ -491,7 +512,13 @@ fn request_host(parts: &Parts) -> (Option<&str>, bool) {
     let from_header = first
         .and_then(|v| v.to_str().ok())
         .filter(|h| valid_host(h));
-    let host = from_header.or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    let host = from_header.or_else(|| {
+        parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .filter(|h| valid_host(h))
+    });
     let ok = !duplicated
         && match (parts.version, first) {
             (_, Some(_)) => from_header.is_some(),
@@ -502,10 +529,29 @@ fn request_host(parts: &Parts) -> (Option<&str>, bool) {
     (host, ok)
 }
 
-fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.parse::<http::uri::Authority>()
-            .is_ok_and(|a| a.as_str() == h && !h.contains('@'))
+/// A Host value is `host[:port]` with no userinfo; the port, when the
+/// colon is there, is 1–5 digits and at most 65535 (`http`'s `Authority`
+/// accepts `gw.test:8a`, which nginx and Envoy refuse with 400).
+pub fn valid_host(h: &str) -> bool {
+    let parsed = h
+        .parse::<http::uri::Authority>()
+        .is_ok_and(|a| a.as_str() == h && !h.contains('@'));
+    parsed && !h.is_empty() && valid_port(h)
+}
+
+fn valid_port(h: &str) -> bool {
+    // After an IPv6 literal's `]`, or after the only colon of a name.
+    let tail = match h.rfind(']') {
+        Some(end) => &h[end + 1..],
+        None => h,
+    };
+    let Some(colon) = tail.rfind(':') else {
+        return true;
+    };
+    let port = &tail[colon + 1..];
+    (1..=5).contains(&port.len())
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| p <= 65535)
 }
 
 /// The upstream request target in origin form (hyper's connection API
@@ -656,6 +702,12 @@ mod tests {
             (ProxyError::NoRoute, 404, "unmatched"),
             (ProxyError::MethodNotAllowed, 405, "method_not_allowed"),
             (ProxyError::BadHost, 400, "bad_request"),
+            (ProxyError::HeaderLookalike, 400, "bad_request"),
+            (
+                ProxyError::UpstreamInformational(StatusCode::SWITCHING_PROTOCOLS),
+                502,
+                "upstream_error",
+            ),
             (
                 ProxyError::Signature(VerifyError::Missing),
                 401,

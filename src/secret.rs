@@ -42,11 +42,22 @@ pub enum SecretSource {
 }
 
 /// The secret's bytes, used as the HMAC key exactly as stored.
-pub struct Secret(Vec<u8>);
+pub struct Secret {
+    bytes: Vec<u8>,
+    /// For a file (or credential) whose mode lets group or others read it:
+    /// the path and the permission bits, for a load-time warning.
+    loose_file: Option<(PathBuf, u32)>,
+}
 
 impl Secret {
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
+    }
+
+    /// The file this secret came from and its mode, when group or others
+    /// may read it.
+    pub fn loose_file(&self) -> Option<(&Path, u32)> {
+        self.loose_file.as_ref().map(|(p, m)| (p.as_path(), *m))
     }
 }
 
@@ -90,7 +101,10 @@ impl SecretSource {
                 if bytes.is_empty() {
                     return Err(SecretError::EnvEmpty(name.clone()));
                 }
-                Ok(Secret(bytes))
+                Ok(Secret {
+                    bytes,
+                    loose_file: None,
+                })
             }
             SecretSource::File(path) => read_secret_file(path),
             SecretSource::Credential(name) => {
@@ -129,7 +143,21 @@ fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
     if bytes.is_empty() {
         return Err(SecretError::FileEmpty(path.to_path_buf()));
     }
-    Ok(Secret(bytes))
+    let loose_file = group_or_other_readable(path).map(|mode| (path.to_path_buf(), mode));
+    Ok(Secret { bytes, loose_file })
+}
+
+/// The permission bits of `path` if group or others may read it.
+#[cfg(unix)]
+fn group_or_other_readable(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn group_or_other_readable(_: &Path) -> Option<u32> {
+    None
 }
 
 #[cfg(unix)]

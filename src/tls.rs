@@ -1,5 +1,6 @@
 //! TLS termination: PEM certificate chain and key → rustls `ServerConfig`
-//! (TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`), and a handshake bounded
+//! (TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`, the server's cipher
+//! order), and a handshake bounded
 //! by `limits.handshake_timeout`.
 //!
 //! One crypto provider (aws-lc-rs) is used explicitly everywhere, so rustls
@@ -110,6 +111,11 @@ pub fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The provider's suite order (AES-256-GCM first, AEAD and forward
+    // secrecy only) decides, not the client's: a client listing a weaker
+    // suite first still gets the strongest one both support. Auditors
+    // (testssl.sh "Has server cipher order?") expect this.
+    config.ignore_client_order = true;
     Ok(Loaded {
         server_config: Arc::new(config),
         leaf_not_after,

@@ -126,7 +126,7 @@ fn example_config_passes_check() {
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
-        .env("ADSUMO_PROD_WEBHOOK_SECRET", "example-secret")
+        .env("ADSUMO_PROD_WEBHOOK_SECRET", "example-secret-0123456789")
         .output()
         .unwrap();
     assert!(
@@ -314,4 +314,195 @@ async fn run_serves_then_stops_on_sigterm() {
         rest.iter().any(|l| l.contains("hookgate stopped")),
         "{rest:?}"
     );
+}
+
+/// An upstream URL with credentials is refused by `check` and by `run`,
+/// and neither prints the password: the URL is shown with its userinfo
+/// masked (also when the URL does not even parse).
+#[test]
+fn upstream_credentials_are_masked_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "http://hookuser:canary-pass@127.0.0.1:3000",
+            "upstream \"http://***@127.0.0.1:3000\" must not contain credentials",
+        ),
+        (
+            "http://hookuser:canary pass@127.0.0.1:3000/in",
+            "upstream \"http://***@127.0.0.1:3000/in\" is not a URL",
+        ),
+    ];
+    for (url, want) in cases {
+        let config = GOOD.replace("http://127.0.0.1:3000", url);
+        let (code, _, stderr) = check(dir.path(), &config);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(want), "want {want:?} in {stderr}");
+        assert!(!stderr.contains("canary"), "password leaked: {stderr}");
+
+        let out = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(dir.path().join("hookgate.toml"))
+            .env_clear()
+            .env("SECRET_A", SECRET_A)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(want), "run: want {want:?} in {stderr}");
+        assert!(!stderr.contains("canary"), "run: password leaked: {stderr}");
+    }
+}
+
+/// Config foot-guns are warned about, each naming its route: two routes
+/// sharing a secret, a secret shorter than 16 bytes, a secret file readable
+/// by group or others, an upstream host that does not resolve. `check`
+/// still passes (exit 0) unless `--strict`, which fails on any warning;
+/// `run` logs the same warnings at warn level and serves. A clean config
+/// passes `--strict`.
+#[tokio::test]
+async fn config_warnings_and_strict() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let loose = dir.path().join("loose-secret");
+    std::fs::write(&loose, "a-long-enough-file-secret-0123456789\n").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let route = |name: &str, secret: &str, up: &str| {
+        format!("\n[[route]]\nname = \"{name}\"\npath = \"/hooks/{name}\"\nupstream = \"{up}\"\nsecret = {secret}\n")
+    };
+    let up = format!("http://{}", upstream.addr);
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}{}{}{}{}",
+        route("a", "{ env = \"SECRET_A\" }", &up),
+        route("shared", "{ env = \"SECRET_A_AGAIN\" }", &up),
+        route("short", "{ env = \"SHORT\" }", &up),
+        route(
+            "loose",
+            &format!("{{ file = \"{}\" }}", loose.display()),
+            &up
+        ),
+        route(
+            "nowhere",
+            "{ env = \"SECRET_B\" }",
+            "http://no-such-host.invalid:3000"
+        ),
+    );
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(&path, &config).unwrap();
+    let wants = [
+        "route \"shared\": uses the same secret as route \"a\"",
+        "route \"short\": secret is shorter than 16 bytes",
+        &format!(
+            "route \"loose\": secret file {} is readable by group or others (mode 0640)",
+            loose.display()
+        ),
+        "route \"nowhere\": upstream host no-such-host.invalid does not resolve",
+    ];
+    let check = |strict: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("check");
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = cmd
+            .arg("--config")
+            .arg(&path)
+            .env_clear()
+            .env("SECRET_A", SECRET_A)
+            .env("SECRET_A_AGAIN", SECRET_A)
+            .env("SECRET_B", SECRET_B)
+            .env("SHORT", "tiny-canary")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    for strict in [false, true] {
+        let (code, stdout, stderr) = check(strict);
+        assert_eq!(
+            code,
+            if strict { 1 } else { 0 },
+            "strict={strict}: {stderr}"
+        );
+        for want in wants {
+            assert!(
+                stderr.contains(want),
+                "strict={strict}: want {want:?} in:\n{stderr}"
+            );
+        }
+        assert_eq!(stderr.lines().count(), 4, "{stderr}");
+        for line in stderr.lines() {
+            assert!(line.starts_with(&format!("{}:", path.display())), "{line}");
+            assert!(line.contains(": warning: "), "{line}");
+        }
+        assert!(
+            !stderr.contains(SECRET_A) && !stderr.contains("canary"),
+            "{stderr}"
+        );
+        if strict {
+            assert!(stdout.is_empty(), "{stdout}");
+        } else {
+            assert!(
+                stdout.contains("configuration OK (5 routes, 4 warnings)"),
+                "{stdout}"
+            );
+        }
+    }
+
+    let Running {
+        mut child,
+        addr,
+        seen,
+        lines,
+        ..
+    } = spawn_run(
+        &path,
+        &[
+            ("SECRET_A", SECRET_A),
+            ("SECRET_A_AGAIN", SECRET_A),
+            ("SECRET_B", SECRET_B),
+            ("SHORT", "tiny-canary"),
+        ],
+    );
+    for want in wants {
+        let line = seen
+            .iter()
+            .find(|l| l.contains(&want.replace('"', "\\\"")))
+            .unwrap_or_else(|| panic!("run: no {want:?} in {seen:#?}"));
+        assert!(line.contains("\"level\":\"WARN\""), "{line}");
+    }
+    let body = b"{}";
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(&post("/hooks/a", Some(&sign(SECRET_A, body)), body, ""))
+        .await
+        .unwrap();
+    let resp = try_read_response(&mut stream, std::time::Duration::from_secs(5)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(resp.map(|r| r.status), Ok(201), "{rest:#?}");
+
+    // The clean config passes --strict.
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, GOOD).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--strict", "--config"])
+        .arg(&good)
+        .env_clear()
+        .env("SECRET_A", SECRET_A)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty());
 }

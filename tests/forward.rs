@@ -406,3 +406,47 @@ async fn upstream_closing_idle_connections_loses_nothing() {
     assert_eq!(upstream.count(), 50);
     gw.stop().await;
 }
+
+/// hookgate does no protocol upgrades: an upstream answering a plain POST
+/// with `101 Switching Protocols` gets the client a 502 (outcome
+/// `upstream_error`), never the 101. Interim `100`/`103` answers are
+/// consumed: the client sees only the final response, without the 103's
+/// fields.
+#[tokio::test]
+async fn upstream_informational_responses() {
+    let switching = Upstream::start(Behaviour::Reply(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    ))
+    .await;
+    let gw = Gateway::start(&two_routes(switching.addr, "")).await;
+    let (resp, _) = raw(
+        gw.addr,
+        &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, ""),
+    )
+    .await;
+    assert_eq!(resp.status, 502, "{}", resp.head);
+    assert_eq!(switching.count(), 1);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("hookgate_requests_total{route=\"a\",outcome=\"upstream_error\"} 1"),
+        "{metrics}"
+    );
+    gw.stop().await;
+
+    for interim in [
+        &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"[..],
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    ] {
+        let upstream = Upstream::start(Behaviour::Reply(interim)).await;
+        let gw = Gateway::start(&two_routes(upstream.addr, "")).await;
+        let (resp, _) = raw(
+            gw.addr,
+            &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, ""),
+        )
+        .await;
+        assert!(resp.head.starts_with("HTTP/1.1 201"), "{}", resp.head);
+        assert_eq!(resp.body, b"ok");
+        assert_eq!(resp.header("link"), None);
+        gw.stop().await;
+    }
+}

@@ -330,3 +330,137 @@ fn certificate_load_errors_name_the_file() {
         assert!(!msg.contains(key_line), "key material in message");
     }
 }
+
+/// The server's cipher order decides: a client that lists weaker suites
+/// first (AES-128 before AES-256 for TLS 1.3, and for TLS 1.2) still gets
+/// the server's first choice among the suites it offers.
+#[tokio::test]
+async fn server_cipher_order_wins() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw");
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&tls_config(upstream.addr, &cert, "")).await;
+    let cases = [
+        (
+            &rustls::version::TLS13,
+            vec![
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+            ],
+            cs::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ],
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ];
+    for (version, client_order, want) in cases {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = client_order;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let stream = tls_connect(gw.addr, &TlsConnector::from(std::sync::Arc::new(config))).await;
+        let got = stream.get_ref().1.negotiated_cipher_suite().unwrap();
+        assert_eq!(got.suite(), want.suite(), "{version:?}");
+    }
+    gw.stop().await;
+}
+
+/// testssl.sh (Debian's package) against the TLS listener, a targeted
+/// check rather than a full scan: protocols (only TLS 1.2 and 1.3 offered)
+/// and server preference ("Has server cipher order?" must be yes). Skipped
+/// when testssl.sh is missing, except under CI=true (`.ci/run` installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testssl_protocols_and_server_cipher_order() {
+    let testssl = ["testssl", "testssl.sh"].into_iter().find(|cmd| {
+        std::process::Command::new(cmd)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(testssl) = testssl else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "testssl.sh is required when CI=true (.ci/run installs it)"
+        );
+        eprintln!("skipping: testssl.sh not installed (apt-get install testssl.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw");
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&tls_config(upstream.addr, &cert, "")).await;
+    let json = dir.path().join("testssl.json");
+    let target = format!("localhost:{}", gw.addr.port());
+    let args = [
+        "--quiet",
+        "--color",
+        "0",
+        "--warnings",
+        "off",
+        "--ip",
+        "127.0.0.1",
+        "--protocols",
+        "--server-preference",
+        "--jsonfile",
+    ];
+    let out = {
+        let json = json.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(testssl)
+                .args(args)
+                .arg(&json)
+                .arg(&target)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let findings: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no JSON ({e}):\n{stdout}")),
+    )
+    .unwrap();
+    let finding = |id: &str| {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .and_then(|f| f["finding"].as_str())
+            .unwrap_or_else(|| panic!("no {id} in {findings:#?}"))
+            .to_string()
+    };
+    for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert!(
+            finding(old).starts_with("not offered"),
+            "{old}: {}",
+            finding(old)
+        );
+    }
+    for new in ["TLS1_2", "TLS1_3"] {
+        assert!(
+            finding(new).starts_with("offered"),
+            "{new}: {}",
+            finding(new)
+        );
+    }
+    let order = finding("cipher_order");
+    assert!(!order.contains("NOT ok"), "cipher order: {order}\n{stdout}");
+    assert!(
+        order.starts_with("server"),
+        "cipher order: {order}\n{stdout}"
+    );
+    gw.stop().await;
+}

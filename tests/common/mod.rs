@@ -81,6 +81,12 @@ pub enum Behaviour {
     /// from 1) with the n-th status, the last one repeated; otherwise like
     /// `Respond`.
     Script(&'static [u16]),
+    /// Write these exact bytes as the answer, then close the connection.
+    Reply(&'static [u8]),
+    /// Answer 200 with a body of this many bytes, written as fast as the
+    /// gateway takes it; `Upstream::aborted` counts answers whose write
+    /// failed (the gateway closed the connection mid-body).
+    Large(usize),
 }
 
 pub const UPSTREAM_BODY: &[u8] = br#"{"received":true}"#;
@@ -90,6 +96,8 @@ pub struct Upstream {
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// `Large` answers cut short because the gateway closed the connection.
+    pub aborted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -100,6 +108,8 @@ impl Upstream {
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let log = requests.clone();
         let accepted = connections.clone();
+        let aborted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cut = aborted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -107,13 +117,14 @@ impl Upstream {
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let log = log.clone();
-                tokio::spawn(serve_upstream_conn(stream, log, behaviour));
+                tokio::spawn(serve_upstream_conn(stream, log, behaviour, cut.clone()));
             }
         });
         Upstream {
             addr,
             requests,
             connections,
+            aborted,
         }
     }
 
@@ -130,6 +141,7 @@ async fn serve_upstream_conn(
     mut stream: TcpStream,
     log: Arc<Mutex<Vec<Recorded>>>,
     behaviour: Behaviour,
+    aborted: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -183,6 +195,26 @@ async fn serve_upstream_conn(
                 return;
             }
             Behaviour::Delay(d) => tokio::time::sleep(d).await,
+            Behaviour::Reply(bytes) => {
+                let _ = stream.write_all(bytes).await;
+                return;
+            }
+            Behaviour::Large(len) => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                let mut ok = stream.write_all(head.as_bytes()).await.is_ok();
+                while ok && sent < len {
+                    let n = chunk.len().min(len - sent);
+                    ok = stream.write_all(&chunk[..n]).await.is_ok();
+                    sent += n;
+                }
+                if !ok {
+                    aborted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                continue;
+            }
             Behaviour::Respond | Behaviour::RespondThenClose | Behaviour::Script(_) => {}
         }
         let status = match behaviour {
