@@ -37,6 +37,9 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 // The sender gives up after 10 s; answering 504 before that lets it see why.
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(9);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+// nginx's send_timeout default is 60 s; the sender gives up after 10 s
+// anyway, so 30 s only has to outlast a slow but live client.
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// Secrets shorter than this are warned about (Standard Webhooks asks for
@@ -87,6 +90,7 @@ struct RawLimits {
     handshake_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     upstream_timeout: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<u64>>,
     replay_max_entries: Option<Spanned<u64>>,
 }
@@ -165,6 +169,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     pub request_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// A write to the client that makes no progress for this long closes
+    /// the connection (and cancels the upstream request it relays).
+    pub send_timeout: Duration,
     pub max_connections: usize,
     /// Bound of the in-memory replay store, process-wide (not per route).
     pub replay_max_entries: usize,
@@ -422,6 +429,12 @@ fn build(
             l.upstream_timeout.as_ref(),
             "limits.upstream_timeout",
             DEFAULT_UPSTREAM_TIMEOUT,
+            r,
+        ),
+        send_timeout: duration(
+            l.send_timeout.as_ref(),
+            "limits.send_timeout",
+            DEFAULT_SEND_TIMEOUT,
             r,
         ),
         max_connections,

@@ -6,8 +6,9 @@
 //! The request path (SPEC §1) runs through these modules in order:
 //!
 //! - [`server`]: accepts connections, caps them, terminates TLS ([`tls`]),
-//!   serves HTTP/1.1 and HTTP/2 with hyper (told apart by [`sniff`]), drains
-//!   on shutdown;
+//!   serves HTTP/1.1 and HTTP/2 with hyper (told apart by [`sniff`]), cuts
+//!   clients that stop reading ([`send_timeout`]) and idle HTTP/2
+//!   connections, drains on shutdown;
 //! - [`proxy`]: the request path top to bottom, and the one mapping from
 //!   errors to statuses and outcomes;
 //! - [`route`]: (host, raw path) → route;
@@ -41,6 +42,7 @@ pub mod proxy;
 pub mod replay;
 pub mod route;
 pub mod secret;
+pub mod send_timeout;
 pub mod server;
 pub mod sniff;
 pub mod tls;
