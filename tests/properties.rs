@@ -1,0 +1,382 @@
+//! Property tests (proptest, run by `cargo test` on stable): every parser
+//! that sees peer or operator input gets arbitrary bytes and must answer
+//! without panicking, and the HMAC path is checked against an independent
+//! implementation (aws-lc-rs).
+//!
+//! Case counts are kept to a few hundred per property so the whole file
+//! runs in a few seconds. A failing case is written to
+//! `tests/proptest-regressions/properties.txt` by proptest; commit it so it
+//! becomes a regression case.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hookgate::config::{mask_userinfo, Config};
+use hookgate::headers::{self, Forwarding};
+use hookgate::proxy::valid_host;
+use hookgate::verify::{self, Key, Scheme, VerifyError};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use proptest::prelude::*;
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        // proptest's default looks for lib.rs beside the test; name the
+        // file instead (paths are relative to the package root).
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/proptest-regressions/properties.txt",
+            ),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signature header parsing.
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    /// Arbitrary bytes: never a panic; accepted only when the trimmed
+    /// value is exactly 64 hex digits, and then decoded to those bytes.
+    #[test]
+    fn signature_parser_takes_any_bytes(value in proptest::collection::vec(any::<u8>(), 0..100)) {
+        let trimmed = value.trim_ascii();
+        let want_ok = trimmed.len() == 64 && trimmed.iter().all(u8::is_ascii_hexdigit);
+        match verify::parse_signature(&value) {
+            Ok(mac) => {
+                prop_assert!(want_ok);
+                prop_assert_eq!(hex::encode(mac), String::from_utf8_lossy(trimmed).to_lowercase());
+            }
+            Err(e) => {
+                prop_assert!(!want_ok);
+                prop_assert!(matches!(e, VerifyError::WrongLength | VerifyError::NotHex));
+            }
+        }
+    }
+
+    /// Any MAC, hex in either case with surrounding blanks, round-trips.
+    #[test]
+    fn signature_round_trips(mac in any::<[u8; 32]>(), upper in any::<bool>(), pad in "[ \t]{0,3}") {
+        let hex = if upper { hex::encode_upper(mac) } else { hex::encode(mac) };
+        let value = format!("{pad}{hex}{pad}");
+        prop_assert_eq!(verify::parse_signature(value.as_bytes()), Ok(mac));
+    }
+
+    /// Header maps with 0–3 signature fields of arbitrary (valid) values:
+    /// missing, duplicated or parsed, never a panic.
+    #[test]
+    fn signature_fields_any_count(values in proptest::collection::vec(proptest::collection::vec(0x20u8..0x7f, 0..80), 0..4)) {
+        let name = Scheme::Adsumo.header();
+        let mut map = HeaderMap::new();
+        for v in &values {
+            map.append(&name, HeaderValue::from_bytes(v).unwrap());
+        }
+        let got = verify::signature_from_headers(&map, &name);
+        match values.len() {
+            0 => prop_assert_eq!(got, Err(VerifyError::Missing)),
+            1 => prop_assert_eq!(got, verify::parse_signature(&values[0])),
+            _ => prop_assert_eq!(got, Err(VerifyError::Duplicated)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HMAC: differential against aws-lc-rs, and tamper detection.
+
+proptest! {
+    #![proptest_config(config(500))]
+
+    /// For random secrets and bodies, hookgate's `sign` equals aws-lc-rs's
+    /// HMAC-SHA256 in hex; the frame-by-frame verifier accepts that MAC for
+    /// any split of the body; and the body with any one bit flipped is
+    /// refused.
+    #[test]
+    fn hmac_matches_aws_lc_and_one_bit_flip_fails(
+        secret in proptest::collection::vec(any::<u8>(), 1..100),
+        body in proptest::collection::vec(any::<u8>(), 0..4096),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let key = Key::new(&secret);
+        let ours = key.sign(&body);
+        let theirs = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret),
+            &body,
+        );
+        prop_assert_eq!(hex::encode(ours), hex::encode(theirs.as_ref()));
+
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+        points.sort_unstable();
+        let mut verifier = key.verifier();
+        let mut from = 0;
+        for p in points.into_iter().chain([body.len()]) {
+            verifier.update(&body[from..p]);
+            from = p;
+        }
+        prop_assert_eq!(verifier.finish(&ours), Ok(()));
+
+        if !body.is_empty() {
+            let mut tampered = body.clone();
+            tampered[flip.index(body.len())] ^= 1 << bit;
+            let mut verifier = key.verifier();
+            verifier.update(&tampered);
+            prop_assert_eq!(verifier.finish(&ours), Err(VerifyError::Mismatch));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Host validation and forwarded headers.
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    /// Arbitrary text never panics the Host check.
+    #[test]
+    fn host_check_takes_any_text(text in "\\PC{0,40}") {
+        let _ = valid_host(&text);
+    }
+
+    /// `name:port` is valid exactly when the port is 0–65535 written in at
+    /// most five digits.
+    #[test]
+    fn host_port_range(name in "[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5})?", port in 0u32..200_000, zeros in 0usize..3) {
+        let digits = format!("{}{port}", "0".repeat(zeros));
+        let want = port <= 65535 && digits.len() <= 5;
+        prop_assert_eq!(valid_host(&format!("{name}:{digits}")), want);
+        prop_assert!(valid_host(&name));
+    }
+
+    /// Any non-digit in the port is refused.
+    #[test]
+    fn host_port_with_a_non_digit(port in "[0-9]{0,3}[^0-9:\\]]{1,2}[0-9]{0,2}") {
+        let host = format!("gw.test:{port}");
+        prop_assert!(!valid_host(&host), "{}", host);
+    }
+}
+
+/// Header names that the forwarding code treats specially, plus ordinary
+/// ones and underscore lookalikes.
+fn header_name() -> impl Strategy<Value = HeaderName> {
+    prop::sample::select(vec![
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "content-length",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-adsumo-signature",
+        "x_adsumo_signature",
+        "x-adsumo_signature",
+        "content-type",
+        "x-a",
+        "x_b",
+    ])
+    .prop_map(HeaderName::from_static)
+}
+
+/// Values: arbitrary visible bytes, sometimes lists of the names above (so
+/// `Connection` names other fields).
+fn header_value() -> impl Strategy<Value = HeaderValue> {
+    prop_oneof![
+        proptest::collection::vec(0x20u8..0x7f, 0..30),
+        "[a-z_, -]{0,40}".prop_map(String::into_bytes),
+        Just(b"close, host, x-adsumo-signature, x-forwarded-for, x-a".to_vec()),
+    ]
+    .prop_map(|v| HeaderValue::from_bytes(&v).unwrap())
+}
+
+proptest! {
+    #![proptest_config(config(1000))]
+
+    /// Any client header map: the upstream headers carry no hop-by-hop
+    /// field, exactly one Content-Length (the bytes read), the signature
+    /// field(s) unchanged, exactly one gateway-set X-Forwarded-For/-Proto
+    /// for an untrusted peer, and every other end-to-end field kept.
+    #[test]
+    fn upstream_headers_invariants(
+        fields in proptest::collection::vec((header_name(), header_value()), 0..24),
+        length in any::<u32>(),
+        trusted in any::<bool>(),
+    ) {
+        let mut map = HeaderMap::new();
+        for (n, v) in &fields {
+            map.append(n, v.clone());
+        }
+        let signature = Scheme::Adsumo.header();
+        let sent_sig: Vec<HeaderValue> = map.get_all(&signature).iter().cloned().collect();
+        let lookalike = headers::has_lookalike(&map, std::slice::from_ref(&signature));
+        prop_assert_eq!(
+            lookalike,
+            fields.iter().any(|(n, _)| n.as_str().starts_with("x_adsumo") || n.as_str() == "x-adsumo_signature")
+        );
+        let out = headers::upstream_request_headers(
+            map,
+            &signature,
+            Some(Forwarding {
+                peer: HeaderValue::from_static("192.0.2.7"),
+                trusted,
+                proto: "https",
+                host: Some(HeaderValue::from_static("hooks.test")),
+            }),
+            Some("hooks.test"),
+            u64::from(length),
+        );
+        for hop in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect"] {
+            prop_assert!(!out.contains_key(hop), "{} forwarded", hop);
+        }
+        let lengths: Vec<_> = out.get_all("content-length").iter().collect();
+        prop_assert_eq!(lengths.len(), 1);
+        prop_assert_eq!(lengths[0].to_str().unwrap(), length.to_string());
+        let out_sig: Vec<HeaderValue> = out.get_all(&signature).iter().cloned().collect();
+        prop_assert_eq!(out_sig, sent_sig);
+        prop_assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        prop_assert_eq!(out.get_all("x-forwarded-proto").iter().count(), 1);
+        if !trusted {
+            prop_assert_eq!(&out["x-forwarded-for"], "192.0.2.7");
+            prop_assert_eq!(&out["x-forwarded-proto"], "https");
+        }
+        prop_assert!(out.contains_key("host"));
+        for kept in ["content-type", "x_b", "x_adsumo_signature", "x-adsumo_signature"] {
+            let before = fields.iter().filter(|(n, _)| n == kept).count();
+            // A `Connection` header may name ordinary fields, which are
+            // then dropped; never more than were sent.
+            prop_assert!(out.get_all(kept).iter().count() <= before);
+        }
+    }
+
+    /// Arbitrary upstream response headers: no hop-by-hop field reaches
+    /// the client, never a panic.
+    #[test]
+    fn response_headers_invariants(fields in proptest::collection::vec((header_name(), header_value()), 0..24)) {
+        let mut map = HeaderMap::new();
+        for (n, v) in &fields {
+            map.append(n, v.clone());
+        }
+        let out = headers::client_response_headers(map);
+        for hop in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+            prop_assert!(!out.contains_key(hop), "{} relayed", hop);
+        }
+    }
+
+    /// The signature name with any non-empty set of its dashes written as
+    /// underscores is a lookalike; the name itself is not.
+    #[test]
+    fn lookalike_any_dash_subset(mask in 0u8..4) {
+        let mut name = String::from("x-adsumo-signature");
+        let dashes: Vec<usize> = name.match_indices('-').map(|(i, _)| i).collect();
+        for (bit, &i) in dashes.iter().enumerate() {
+            if mask & (1 << bit) != 0 {
+                name.replace_range(i..=i, "_");
+            }
+        }
+        let mut map = HeaderMap::new();
+        map.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+        prop_assert_eq!(headers::has_lookalike(&map, &[Scheme::Adsumo.header()]), mask != 0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The config loader: TOML text → config or error, never a panic.
+
+fn env() -> HashMap<String, String> {
+    [("S".to_string(), "a-secret-of-enough-length".to_string())].into()
+}
+
+const TEMPLATE: &str = r#"[server]
+listen = "{listen}"
+trusted_proxies = ["{proxy}"]
+
+[limits]
+request_timeout = "{duration}"
+max_body_bytes = 1024
+
+[[route]]
+name = "{name}"
+path = "{path}"
+host = "{host}"
+upstream = "{upstream}"
+secret = { env = "S" }
+methods = ["{method}"]
+"#;
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    /// Arbitrary text: an error with a position, never a panic.
+    #[test]
+    fn config_loader_takes_any_text(text in "\\PC{0,300}") {
+        if let Err(e) = Config::from_toml_str(&text, Path::new("f.toml"), &env()) {
+            for line in e.problems() {
+                prop_assert!(line.starts_with("f.toml:"), "{}", line);
+            }
+        }
+    }
+
+    /// Arbitrary bytes, lossily decoded (the loader takes `&str`).
+    #[test]
+    fn config_loader_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = Config::from_toml_str(&String::from_utf8_lossy(&bytes), Path::new("f.toml"), &env());
+    }
+
+    /// A well-formed file whose values are arbitrary strings: loaded or
+    /// refused with one line per problem naming the file, never a panic;
+    /// upstreams stay on 127.0.0.1 so no DNS lookup is made.
+    #[test]
+    fn config_loader_takes_any_values(
+        listen in "\\PC{0,20}",
+        proxy in "\\PC{0,20}",
+        duration in "\\PC{0,8}",
+        name in "\\PC{0,20}",
+        path in "\\PC{0,20}",
+        host in "\\PC{0,20}",
+        uport in "[0-9a-z]{0,6}",
+        upath in "[a-z/?#%@]{0,10}",
+        method in "\\PC{0,8}",
+    ) {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let text = TEMPLATE
+            .replace("{listen}", &esc(&listen))
+            .replace("{proxy}", &esc(&proxy))
+            .replace("{duration}", &esc(&duration))
+            .replace("{name}", &esc(&name))
+            .replace("{path}", &esc(&path))
+            .replace("{host}", &esc(&host))
+            .replace("{upstream}", &format!("http://127.0.0.1:{uport}/{upath}"))
+            .replace("{method}", &esc(&method));
+        if let Err(e) = Config::from_toml_str(&text, Path::new("f.toml"), &env()) {
+            for line in e.problems() {
+                prop_assert!(line.starts_with("f.toml:"), "{}", line);
+            }
+        }
+    }
+
+    /// Whatever the userinfo of an upstream URL, error messages show it
+    /// masked: the password never appears.
+    #[test]
+    fn upstream_password_never_printed(user in "[a-z]{0,8}", pass in "PW[a-zA-Z0-9:%]{6,12}", tail in "[a-z/ ]{0,10}") {
+        let url = format!("http://{user}:{pass}@127.0.0.1:3000/{tail}");
+        prop_assert!(!mask_userinfo(&url).contains(&pass));
+        let text = TEMPLATE
+            .replace("{listen}", "127.0.0.1:0")
+            .replace("{proxy}", "10.0.0.0/8")
+            .replace("{duration}", "1s")
+            .replace("{name}", "a")
+            .replace("{path}", "/a")
+            .replace("{host}", "h.test")
+            .replace("{method}", "POST")
+            .replace("{upstream}", &url);
+        let err = Config::from_toml_str(&text, Path::new("f.toml"), &env()).unwrap_err();
+        prop_assert!(!err.to_string().contains(&pass), "{}", err);
+    }
+}
