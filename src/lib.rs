@@ -7,8 +7,8 @@
 //!
 //! - [`server`]: accepts connections, caps them, terminates TLS ([`tls`]),
 //!   serves HTTP/1.1 and HTTP/2 with hyper (told apart by [`sniff`]), cuts
-//!   clients that stop reading ([`send_timeout`]) and idle HTTP/2
-//!   connections, drains on shutdown;
+//!   clients that stop reading ([`send_timeout`]), closes idle or stalled
+//!   HTTP/2 connections ([`streams`]), drains on shutdown;
 //! - [`proxy`]: the request path top to bottom, and the one mapping from
 //!   errors to statuses and outcomes;
 //! - [`route`]: (host, raw path) → route;
@@ -45,6 +45,7 @@ pub mod secret;
 pub mod send_timeout;
 pub mod server;
 pub mod sniff;
+pub mod streams;
 pub mod tls;
 pub mod upstream;
 pub mod verify;

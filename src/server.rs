@@ -20,8 +20,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
-use crate::proxy::{ConnInfo, Proxy, ResponseBody};
+use crate::proxy::{ConnInfo, Proxy};
 use crate::send_timeout::SendTimeout;
+use crate::streams::{self, Counted, OpenStream, Streams};
 
 /// Header fields per request (more → 431).
 pub const MAX_HEADERS: usize = 100;
@@ -114,8 +115,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             .map(|t| TlsAcceptor::from(t.server_config.clone()));
         let handshake_timeout = state.config.limits.handshake_timeout;
         let request_timeout = state.config.limits.request_timeout;
+        let send_timeout = state.config.limits.send_timeout;
         // Under TLS too, so TLS records count as writes.
-        let stream = SendTimeout::new(stream, state.config.limits.send_timeout);
+        let stream = SendTimeout::new(stream, send_timeout);
         drop(state);
         let task = ConnTask {
             builder: builder.clone(),
@@ -123,6 +125,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             stopping: stopping_rx.clone(),
             proxy: proxy.clone(),
             request_timeout,
+            send_timeout,
         };
         tokio::spawn(async move {
             match tls {
@@ -163,6 +166,7 @@ struct ConnTask {
     stopping: watch::Receiver<bool>,
     proxy: Arc<Proxy>,
     request_timeout: Duration,
+    send_timeout: Duration,
 }
 
 impl ConnTask {
@@ -181,6 +185,7 @@ impl ConnTask {
         let conn = Arc::new(conn);
         let proxy = self.proxy;
         let request_timeout = self.request_timeout;
+        let send_timeout = self.send_timeout;
         let builder = self.builder;
         let watcher = self.watcher;
         let mut stopping = self.stopping;
@@ -195,15 +200,16 @@ impl ConnTask {
             };
             let io = TokioIo::new(io);
             if h2 {
-                let (streams, open) = watch::channel(0usize);
-                let service = service(proxy, conn, seen, Some(Arc::new(streams)));
+                let streams = Streams::new();
+                let service = service(proxy, conn, seen, Some(streams.clone()));
                 let conn = builder.h2.serve_connection(io, service);
-                let result = serve_h2(
+                let result = streams::serve_h2(
                     conn,
                     |c| c.graceful_shutdown(),
-                    open,
+                    streams,
                     stopping,
                     request_timeout,
+                    send_timeout,
                 )
                 .await;
                 // Held until here so a drain waits for this connection.
@@ -232,14 +238,14 @@ impl ConnTask {
     }
 }
 
-/// The request handler of one connection. For HTTP/2, `streams` counts the
-/// open streams: a stream is open from its request until its response body
-/// is finished or dropped (or the client resets it).
+/// The request handler of one connection. For HTTP/2, `streams` keeps
+/// track of the open streams: a stream is open from its request until its
+/// response body is finished or dropped (or the client resets it).
 fn service(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
     seen: Arc<AtomicBool>,
-    streams: Option<Arc<watch::Sender<usize>>>,
+    streams: Option<Arc<Streams>>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<Counted>,
@@ -250,88 +256,10 @@ fn service(
         seen.store(true, Ordering::Relaxed);
         let proxy = proxy.clone();
         let conn = conn.clone();
-        let open = streams.as_ref().map(|s| OpenStream::new(s.clone()));
+        let open = streams.as_ref().map(OpenStream::new);
         async move {
             let response = proxy.handle(conn, req).await;
-            Ok::<_, Infallible>(response.map(|body| Counted { body, _open: open }))
+            Ok::<_, Infallible>(response.map(|body| Counted { body, open }))
         }
     })
-}
-
-/// Serves an HTTP/2 connection until it ends. It is closed gracefully
-/// (GOAWAY, then close once no stream is left) when the gateway stops, and
-/// when it has had no open stream for `idle_timeout`: hyper has no idle
-/// timeout for HTTP/2, and `request_timeout` is documented as the
-/// keep-alive idle limit for both protocols.
-async fn serve_h2<C>(
-    conn: C,
-    graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
-    mut open: watch::Receiver<usize>,
-    mut stopping: watch::Receiver<bool>,
-    idle_timeout: Duration,
-) -> Result<(), BoxError>
-where
-    C: Future<Output = hyper::Result<()>>,
-{
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        let idle = *open.borrow_and_update() == 0;
-        tokio::select! {
-            result = conn.as_mut() => return result.map_err(BoxError::from),
-            Ok(()) = open.changed() => {}
-            () = tokio::time::sleep(idle_timeout), if idle && !closing => {
-                tracing::debug!("HTTP/2 connection idle for request_timeout; GOAWAY");
-                graceful_shutdown(conn.as_mut());
-                closing = true;
-            }
-            Ok(_) = stopping.wait_for(|stop| *stop), if !closing => {
-                graceful_shutdown(conn.as_mut());
-                closing = true;
-            }
-        }
-    }
-}
-
-/// Counts one open HTTP/2 stream while it lives.
-struct OpenStream(Arc<watch::Sender<usize>>);
-
-impl OpenStream {
-    fn new(streams: Arc<watch::Sender<usize>>) -> OpenStream {
-        streams.send_modify(|n| *n += 1);
-        OpenStream(streams)
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-/// A response body that keeps its stream counted as open until it is
-/// finished or dropped.
-pub struct Counted {
-    body: ResponseBody,
-    _open: Option<OpenStream>,
-}
-
-impl http_body::Body for Counted {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }

@@ -165,3 +165,44 @@ async fn client_that_never_reads_is_cut_after_send_timeout() {
     assert!(closed_by_server(&mut stream).await);
     gw.stop().await;
 }
+
+/// An HTTP/2 client with a tiny stream window (1 KiB) that never reads the
+/// response body, so it never sends WINDOW_UPDATE, while its connection
+/// stays alive and read: once the stream has waited `send_timeout` (1 s)
+/// for window, the connection is closed and the upstream request cancelled.
+#[tokio::test]
+async fn http2_stream_with_closed_window_is_cut_after_send_timeout() {
+    let upstream = Upstream::start(Behaviour::Large(64 * 1024 * 1024)).await;
+    let gw = Gateway::start(&config(
+        upstream.addr,
+        "request_timeout = \"2s\"\nupstream_timeout = \"2s\"\nsend_timeout = \"1s\"",
+    ))
+    .await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post("http://hooks.test/webhooks/a")
+        .header("x-adsumo-signature", sign(SECRET_A, BODY))
+        .body(Full::new(Bytes::from_static(BODY)))
+        .unwrap();
+    // The head arrives; the body is never read.
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    while upstream.aborted.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "upstream request still running after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "client connection still open");
+    drop(resp);
+    gw.stop().await;
+}
