@@ -39,7 +39,12 @@ pub fn init(format: LogFormat) {
         .parse_lossy(directives);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // On a failed write tracing-subscriber reports with `eprintln!`,
+        // which panics when stderr itself is the closed pipe: a log reader
+        // that went away would kill every connection in the middle of its
+        // response. A lost log line is the lesser harm.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder
             .event_format(TextLine {

@@ -506,3 +506,50 @@ async fn config_warnings_and_strict() {
     );
     assert!(out.stderr.is_empty());
 }
+
+/// A log pipe that goes away (the reader of stderr exits) must not break
+/// serving: writes to it fail, and tracing-subscriber reports such
+/// failures with `eprintln!`, which panics on the same closed pipe; that
+/// panic used to kill each connection right after its response head.
+#[tokio::test]
+async fn closed_log_pipe_does_not_break_serving() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            GOOD.replace("127.0.0.1:8080", "127.0.0.1:0")
+                .replace("127.0.0.1:3000", &upstream.addr.to_string())
+        ),
+    )
+    .unwrap();
+    let Running {
+        mut child,
+        addr,
+        lines,
+        ..
+    } = spawn_run(&path, &[("SECRET_A", SECRET_A)]);
+    drop(lines); // closes our end of the stderr pipe
+    let body = b"{\"event\":\"generation.completed\"}";
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(&post("/hooks/a", Some(&sign(SECRET_A, body)), body, ""))
+            .await
+            .unwrap();
+        let resp = try_read_response(&mut stream, std::time::Duration::from_secs(5)).await;
+        if resp.as_ref().map(|r| r.status) != Ok(201) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{resp:?}");
+        }
+        assert_eq!(resp.unwrap().body, UPSTREAM_BODY);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
