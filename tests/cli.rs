@@ -272,12 +272,9 @@ fn version_flag() {
     );
 }
 
-/// `run` serves a signed webhook, then SIGTERM stops it with exit 0.
-#[tokio::test]
-async fn run_serves_then_stops_on_sigterm() {
-    let upstream = Upstream::start(Behaviour::Respond).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hookgate.toml");
+/// GOOD on free ports in front of `upstream`, written to `dir`.
+fn write_runnable(dir: &Path, upstream: &Upstream) -> std::path::PathBuf {
+    let path = dir.join("hookgate.toml");
     std::fs::write(
         &path,
         format!(
@@ -287,6 +284,15 @@ async fn run_serves_then_stops_on_sigterm() {
         ),
     )
     .unwrap();
+    path
+}
+
+/// `run` serves a signed webhook, then SIGTERM stops it with exit 0.
+#[tokio::test]
+async fn run_serves_then_stops_on_sigterm() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_runnable(dir.path(), &upstream);
     let Running {
         mut child,
         addr,
@@ -515,16 +521,7 @@ async fn config_warnings_and_strict() {
 async fn closed_log_pipe_does_not_break_serving() {
     let upstream = Upstream::start(Behaviour::Respond).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hookgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            GOOD.replace("127.0.0.1:8080", "127.0.0.1:0")
-                .replace("127.0.0.1:3000", &upstream.addr.to_string())
-        ),
-    )
-    .unwrap();
+    let path = write_runnable(dir.path(), &upstream);
     let Running {
         mut child,
         addr,

@@ -75,6 +75,19 @@ fn goaway_codes(bytes: &[u8]) -> Vec<u32> {
     out
 }
 
+/// Returns once the upstream saw its answer cut short (the gateway closed
+/// the connection mid-body); fails after 10 s.
+async fn wait_until_cancelled(upstream: &Upstream) {
+    let started = Instant::now();
+    while upstream.aborted.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "upstream request still running after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn config(upstream: std::net::SocketAddr, limits: &str) -> String {
     two_routes(upstream, "").replace(
         "[limits]\nrequest_timeout = \"2s\"\nupstream_timeout = \"2s\"\n",
@@ -152,13 +165,8 @@ async fn client_that_never_reads_is_cut_after_send_timeout() {
         .await
         .unwrap();
     let started = Instant::now();
-    while upstream.aborted.load(Ordering::SeqCst) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "upstream request still running after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_cancelled(&upstream).await;
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut before send_timeout");
     assert_eq!(upstream.count(), 1);
     // The client's connection was closed too: draining what is buffered
     // ends in EOF or a reset.
@@ -193,13 +201,7 @@ async fn http2_stream_with_closed_window_is_cut_after_send_timeout() {
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let started = Instant::now();
-    while upstream.aborted.load(Ordering::SeqCst) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "upstream request still running after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_cancelled(&upstream).await;
     assert!(started.elapsed() >= Duration::from_millis(900));
     let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
     assert!(ended.is_ok(), "client connection still open");
