@@ -166,7 +166,10 @@ async fn client_that_never_reads_is_cut_after_send_timeout() {
         .unwrap();
     let started = Instant::now();
     wait_until_cancelled(&upstream).await;
-    assert!(started.elapsed() >= Duration::from_millis(900), "cut before send_timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "cut before send_timeout"
+    );
     assert_eq!(upstream.count(), 1);
     // The client's connection was closed too: draining what is buffered
     // ends in EOF or a reset.
