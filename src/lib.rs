@@ -41,6 +41,7 @@ pub mod outcome;
 pub mod proxy;
 pub mod replay;
 pub mod route;
+pub mod scheme;
 pub mod secret;
 pub mod send_timeout;
 pub mod server;
