@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::verify::Verifier;
+use crate::scheme::Verifier;
 
 /// Why reading the body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,11 @@ impl Frames {
         self.bufs.len()
     }
 
+    /// The frames, for the schemes that cannot hash as they arrive.
+    pub fn bufs(&self) -> &[Bytes] {
+        &self.bufs
+    }
+
     /// A request body that yields these same buffers, in order.
     pub fn into_body(self) -> ReplayBody {
         ReplayBody {
@@ -56,11 +61,12 @@ impl Frames {
     }
 }
 
-/// Reads `body` to its end, feeding every data frame to `verifier`, failing
+/// Reads `body` to its end, feeding every data frame to `verifier` (none in
+/// shadow mode once the headers already failed), failing
 /// as soon as more than `limit` bytes arrived or `deadline` passed.
 pub async fn read_verified<B>(
     body: &mut B,
-    verifier: &mut Verifier,
+    mut verifier: Option<&mut Verifier<'_>>,
     limit: u64,
     deadline: Instant,
 ) -> Result<Frames, BodyError>
@@ -86,7 +92,9 @@ where
             return Err(BodyError::TooLarge);
         }
         if !data.is_empty() {
-            verifier.update(&data);
+            if let Some(v) = verifier.as_deref_mut() {
+                v.update(&data);
+            }
             frames.bufs.push(data);
         }
     }
@@ -129,7 +137,23 @@ impl Body for ReplayBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::Key;
+    use crate::scheme::{presets, Key, SignatureCheck};
+
+    fn adsumo(secret: &[u8]) -> SignatureCheck {
+        let scheme = presets::preset("adsumo").unwrap();
+        let key = Key::new(&scheme, "k".into(), secret, None, None).unwrap();
+        SignatureCheck::new(scheme, vec![key], None)
+    }
+
+    fn signed(check: &SignatureCheck, body: &[u8]) -> http::HeaderMap {
+        let mac = check.keys[0].mac().unwrap().sign(body);
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-adsumo-signature",
+            hex::encode(mac.as_slice()).parse().unwrap(),
+        );
+        h
+    }
     use std::time::Duration;
 
     /// A body that yields fixed chunks, one per poll.
@@ -156,15 +180,21 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_kept_and_replayed_unchanged() {
-        let key = Key::new(b"k");
-        let mut v = key.verifier();
+        let check = adsumo(b"k");
+        let headers = signed(&check, b"abcde");
+        let mut v = check.begin(&headers, None, 0).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let frames = read_verified(&mut chunks(vec![b"ab", b"", b"cde"]), &mut v, 10, deadline)
-            .await
-            .unwrap();
+        let frames = read_verified(
+            &mut chunks(vec![b"ab", b"", b"cde"]),
+            Some(&mut v),
+            10,
+            deadline,
+        )
+        .await
+        .unwrap();
         assert_eq!(frames.len(), 5);
         assert_eq!(frames.frame_count(), 2);
-        assert!(v.finish(&key.sign(b"abcde")).is_ok());
+        assert!(v.finish(frames.bufs()).is_ok());
         let replay = frames.into_body();
         assert_eq!(replay.size_hint().exact(), Some(5));
         let bytes = replay.collect().await.unwrap().to_bytes();
@@ -173,10 +203,10 @@ mod tests {
 
     #[tokio::test]
     async fn limit_is_enforced_at_the_crossing_frame() {
-        let key = Key::new(b"k");
-        let mut v = key.verifier();
+        let check = adsumo(b"k");
+        let mut v = check.begin(&signed(&check, b""), None, 0).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let err = read_verified(&mut chunks(vec![b"abc", b"def"]), &mut v, 5, deadline)
+        let err = read_verified(&mut chunks(vec![b"abc", b"def"]), Some(&mut v), 5, deadline)
             .await
             .unwrap_err();
         assert!(matches!(err, BodyError::TooLarge));

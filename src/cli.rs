@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `sign` (SPEC §4).
+//! Command line: `run`, `check`, `sign`, `verify` (SPEC §4, §9).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,9 +18,9 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::lifecycle::{self, StopSignals};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::scheme::{self, presets, timestamp, Field, Key, SignatureCheck, VerifyError};
 use crate::secret::{Environment, ProcessEnv};
 use crate::server;
-use crate::verify::Key;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,11 +75,43 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Print the signature header value for a body (a testing aid).
+    /// Print the signature header value for a body (a testing aid); with
+    /// --scheme, every header the scheme needs, one `Name: value` per line.
     Sign {
         /// Environment variable holding the secret.
         #[arg(long)]
         secret_env: String,
+        /// A preset name (see `hookgate check` for the list).
+        #[arg(long)]
+        scheme: Option<String>,
+        /// Unix seconds to sign with (default: now).
+        #[arg(long)]
+        timestamp: Option<i64>,
+        /// Delivery id, for schemes that sign one (default: msg_<timestamp>).
+        #[arg(long)]
+        id: Option<String>,
+        /// The URL the sender calls (twilio signs it).
+        #[arg(long)]
+        url: Option<String>,
+        /// File holding the body; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+    },
+    /// Check a captured delivery offline against a route's scheme and keys.
+    Verify {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The route (its name) the delivery was sent to.
+        #[arg(long)]
+        route: String,
+        /// A received header, `Name: value`; repeat for each.
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// The URL the delivery was sent to (its query counts for twilio).
+        #[arg(long)]
+        url: Option<String>,
+        /// Verify as of this time (RFC 3339 or unix seconds; default: now).
+        #[arg(long)]
+        at: Option<String>,
         /// File holding the body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
@@ -101,6 +133,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(c) => {
                 for line in warning_lines(&c) {
                     eprintln!("{line}");
+                }
+                for line in c.expiring_keys(timestamp::now(), KEY_EXPIRY_WARNING) {
+                    eprintln!("warning: {line}");
                 }
                 if strict && !c.warnings.is_empty() {
                     return ExitCode::FAILURE;
@@ -125,7 +160,36 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Sign { secret_env, file } => sign(&secret_env, file),
+        Command::Sign {
+            secret_env,
+            scheme,
+            timestamp,
+            id,
+            url,
+            file,
+        } => sign(
+            &secret_env,
+            scheme.as_deref(),
+            timestamp,
+            id,
+            url.as_deref(),
+            file,
+        ),
+        Command::Verify {
+            config,
+            route,
+            headers,
+            url,
+            at,
+            file,
+        } => verify(
+            &config,
+            &route,
+            &headers,
+            url.as_deref(),
+            at.as_deref(),
+            file,
+        ),
         Command::Run { config } => serve(&config),
     }
 }
@@ -138,26 +202,271 @@ pub fn warning_lines(config: &Config) -> impl Iterator<Item = String> + '_ {
         .map(|w| format!("{}: warning: {}", w.at, w.message))
 }
 
-fn sign(var: &str, file: Option<PathBuf>) -> ExitCode {
+/// Keys expiring within this window are warned about at load, on reload,
+/// daily while serving, and by `check`.
+pub const KEY_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+fn read_body(command: &str, file: Option<PathBuf>) -> Result<Vec<u8>, ExitCode> {
+    let mut body = Vec::new();
+    let read = match &file {
+        Some(path) if path.as_os_str() != "-" => std::fs::read(path).map(|b| body = b),
+        _ => std::io::stdin().read_to_end(&mut body).map(|_| ()),
+    };
+    match read {
+        Ok(()) => Ok(body),
+        Err(e) => {
+            let from = file.map_or("stdin".to_string(), |p| p.display().to_string());
+            eprintln!("hookgate {command}: cannot read {from}: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn sign(
+    var: &str,
+    scheme_name: Option<&str>,
+    ts: Option<i64>,
+    id: Option<String>,
+    url: Option<&str>,
+    file: Option<PathBuf>,
+) -> ExitCode {
     let Some(secret) = ProcessEnv.var(var).filter(|v| !v.is_empty()) else {
         eprintln!(
             "hookgate sign: env var {var} is not set or empty; export the webhook secret in it"
         );
         return ExitCode::FAILURE;
     };
-    let mut body = Vec::new();
-    let read = match &file {
-        Some(path) if path.as_os_str() != "-" => std::fs::read(path).map(|b| body = b),
-        _ => std::io::stdin().read_to_end(&mut body).map(|_| ()),
+    let scheme = match scheme_name.map(|n| (n, presets::preset(n))) {
+        None => presets::preset("adsumo"),
+        Some((_, Some(s))) => Some(s),
+        Some((n, None)) => {
+            eprintln!(
+                "hookgate sign: unknown scheme {n:?}; use one of {}",
+                presets::NAMES.join(", ")
+            );
+            return ExitCode::FAILURE;
+        }
     };
-    if let Err(e) = read {
-        let from = file.map_or("stdin".to_string(), |p| p.display().to_string());
-        eprintln!("hookgate sign: cannot read {from}: {e}");
+    let Some(scheme) = scheme else {
         return ExitCode::FAILURE;
+    };
+    let key = match Key::new(&scheme, "cli".into(), secret.as_encoded_bytes(), None, None) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("hookgate sign: {var}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let body = match read_body("sign", file) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let ts = ts.unwrap_or_else(timestamp::now);
+    let id = id.unwrap_or_else(|| format!("msg_{ts}"));
+    match scheme::sign(&scheme, &key, ts, &id, url, &body) {
+        // Without --scheme: the bare value, as before (SPEC §4).
+        Ok(fields) if scheme_name.is_none() => {
+            for (_, value) in fields {
+                println!("{value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(fields) => {
+            for (name, value) in fields {
+                println!("{name}: {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookgate sign: {e}");
+            ExitCode::FAILURE
+        }
     }
-    let key = Key::new(secret.as_encoded_bytes());
-    println!("{}", hex::encode(key.sign(&body)));
-    ExitCode::SUCCESS
+}
+
+/// `hookgate verify`: exit 0 and `valid (key <id>)`, or exit 1 and the
+/// precise reason. Never prints a secret or an expected signature.
+fn verify(
+    config: &Path,
+    route_name: &str,
+    header_args: &[String],
+    url: Option<&str>,
+    at: Option<&str>,
+    file: Option<PathBuf>,
+) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("hookgate verify: {msg}");
+        ExitCode::FAILURE
+    };
+    let config = match Config::load(config, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.problems() {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(route) = config.routes.iter().find(|r| r.name == route_name) else {
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        return fail(format!(
+            "no route named {route_name:?}; the routes are {}",
+            names.join(", ")
+        ));
+    };
+    let mut headers = http::HeaderMap::new();
+    for h in header_args {
+        let Some((name, value)) = h.split_once(':') else {
+            return fail(format!("--header {h:?} is not `Name: value`"));
+        };
+        match (
+            http::HeaderName::from_bytes(name.trim().as_bytes()),
+            http::HeaderValue::from_str(value.trim()),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => {
+                return fail(format!(
+                    "--header {name:?}: not a valid header name or value"
+                ))
+            }
+        }
+    }
+    let now = match at {
+        None => timestamp::now(),
+        Some(t) => match timestamp::parse_instant(t) {
+            Some(t) => t,
+            None => return fail(format!("--at {t:?} is not RFC 3339 or unix seconds")),
+        },
+    };
+    let (query, owned);
+    let check = match url {
+        None => {
+            query = None;
+            &route.check
+        }
+        Some(u) => {
+            let Ok(uri) = u.parse::<http::Uri>() else {
+                return fail(format!("--url {u:?} is not a URL"));
+            };
+            query = uri.query().map(str::to_string);
+            // Twilio signs the URL it called: the one given here wins over
+            // the route's public_url.
+            let base = u.split('?').next().unwrap_or(u).to_string();
+            owned = SignatureCheck::new(
+                route.check.scheme.clone(),
+                route.check.keys.clone(),
+                route.check.public_url.as_ref().map(|_| base),
+            );
+            &owned
+        }
+    };
+    let body = match read_body("verify", file) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    match scheme::verify_whole(check, &headers, query.as_deref(), &body, now) {
+        Ok(v) => {
+            let id = check.keys.get(v.key).map_or("?", |k| k.id.as_str());
+            println!("valid (key {id})");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("invalid: {}", explain(check, e, now));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The precise reason, naming the header, the check and the key windows.
+pub fn explain(check: &SignatureCheck, err: VerifyError, now: i64) -> String {
+    let scheme = &check.scheme;
+    let sig = scheme.field_header_text(Field::Signature);
+    let windows = || {
+        let list: Vec<String> = check
+            .keys
+            .iter()
+            .map(|k| {
+                let from = k.not_before.map(timestamp::format);
+                let to = k.not_after.map(timestamp::format);
+                let state = if k.valid_at(now) {
+                    "valid"
+                } else {
+                    "not valid"
+                };
+                match (from, to) {
+                    (None, None) => format!("{} ({state}, no window)", k.id),
+                    (f, t) => format!(
+                        "{} ({state}: {} .. {})",
+                        k.id,
+                        f.unwrap_or_else(|| "-".into()),
+                        t.unwrap_or_else(|| "-".into())
+                    ),
+                }
+            })
+            .collect();
+        format!("[{}] at {}", list.join(", "), timestamp::format(now))
+    };
+    match err {
+        VerifyError::Missing(f) => format!(
+            "header {} is missing (scheme {})",
+            scheme.field_header_text(f),
+            scheme.name
+        ),
+        VerifyError::Duplicated(f) => format!(
+            "header {} is present more than once; exactly one is expected",
+            scheme.field_header_text(f)
+        ),
+        VerifyError::Malformed(f) => format!(
+            "header {} is malformed for scheme {}",
+            scheme.field_header_text(f),
+            scheme.name
+        ),
+        VerifyError::WrongPrefix => match &scheme.format {
+            scheme::Format::Single { prefix } => {
+                format!("header {sig} does not start with {prefix:?}")
+            }
+            _ => format!("header {sig} has the wrong prefix"),
+        },
+        VerifyError::WrongLength => format!(
+            "header {sig}: the signature has the wrong length for {} {} ({} bytes)",
+            scheme.encoding.as_str(),
+            scheme.algorithm.as_str(),
+            scheme.algorithm.mac_len()
+        ),
+        VerifyError::NotHex => format!("header {sig}: the signature is not hexadecimal"),
+        VerifyError::NotBase64 => format!("header {sig}: the signature is not base64"),
+        VerifyError::NoSignature => {
+            format!("header {sig} carries no signature of a version this scheme accepts")
+        }
+        VerifyError::TooManySignatures => {
+            format!("header {sig} carries more than {} items", scheme::MAX_ITEMS)
+        }
+        VerifyError::TimestampUnparsable => format!(
+            "header {}: the timestamp is not parsable",
+            scheme.field_header_text(Field::Timestamp)
+        ),
+        VerifyError::TimestampOutside { skew } => format!(
+            "timestamp {} s {} tolerance {} s (header {}, checked at {})",
+            skew.unsigned_abs(),
+            if skew > 0 {
+                "old, outside the"
+            } else {
+                "in the future, outside the"
+            },
+            scheme.tolerance.map_or(0, |t| t.as_secs()),
+            scheme.field_header_text(Field::Timestamp),
+            timestamp::format(now)
+        ),
+        VerifyError::NoKeyValid => {
+            format!("no key is valid at this time; key windows {}", windows())
+        }
+        VerifyError::BodyHashMismatch => {
+            "the body's SHA-256 differs from the URL's bodySHA256 parameter".to_string()
+        }
+        VerifyError::Mismatch => format!("header {sig}: no key matched among ids {}", windows()),
+    }
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
@@ -235,6 +544,7 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
         env,
     ));
     let watchdog = tokio::spawn(lifecycle::watchdog());
+    let expiry = tokio::spawn(lifecycle::key_expiry_warnings(proxy.clone()));
 
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%listen, admin = %admin_addr, routes, tls, version = env!("CARGO_PKG_VERSION"), "hookgate serving");
@@ -258,6 +568,7 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
     server::serve(listener, proxy, shutdown).await;
     reloader.abort();
     watchdog.abort();
+    expiry.abort();
     admin.abort();
     tracing::info!("hookgate stopped");
     Ok(())

@@ -26,8 +26,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::secret::{Environment, Secret, SecretSource};
-use crate::verify::{Key, Scheme};
+use crate::scheme::{self, timestamp, Key, SignatureCheck, MAX_KEYS};
+use crate::secret::{Environment, KeySource, Secret, SecretSource};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hookgate/hookgate.toml";
 
@@ -102,8 +102,11 @@ struct RawRoute {
     path: Spanned<String>,
     host: Option<Spanned<String>>,
     upstream: Spanned<String>,
-    secret: Spanned<SecretSource>,
-    scheme: Option<Spanned<String>>,
+    secret: Option<Spanned<SecretSource>>,
+    secrets: Option<Spanned<Vec<KeySource>>>,
+    scheme: Option<Spanned<toml::Value>>,
+    public_url: Option<Spanned<String>>,
+    enforce: Option<bool>,
     methods: Option<Spanned<Vec<String>>>,
     forwarded_headers: Option<bool>,
     max_body_bytes: Option<Spanned<u64>>,
@@ -196,10 +199,10 @@ pub struct Route {
     /// Lower-case host without port; `None` matches any host.
     pub host: Option<String>,
     pub upstream: Upstream,
-    pub scheme: Scheme,
-    /// The scheme's signature header name, resolved once.
-    pub signature_header: http::HeaderName,
-    pub key: Key,
+    /// The scheme and the route's keys, prepared at load.
+    pub check: SignatureCheck,
+    /// `false`: shadow mode (verify, count, log, forward anyway).
+    pub enforce: bool,
     pub methods: Vec<Method>,
     /// Pre-rendered `Allow` header for 405 answers.
     pub allow: HeaderValue,
@@ -560,17 +563,10 @@ fn build_route(
     });
 
     let scheme = match &raw.scheme {
-        None => Some(Scheme::Adsumo),
-        Some(s) => Scheme::from_name(s.get_ref()).or_else(|| {
-            r.add(
-                s.span(),
-                format!(
-                    "{route_ctx}: unknown scheme {:?}; the supported scheme is \"adsumo\"",
-                    s.get_ref()
-                ),
-            );
-            None
-        }),
+        None => scheme::presets::preset("adsumo"),
+        Some(v) => scheme::config::build(v.get_ref())
+            .map_err(|e| r.add(v.span(), format!("{route_ctx}: {e}")))
+            .ok(),
     };
 
     let methods: Vec<Method> = match &raw.methods {
@@ -612,18 +608,12 @@ fn build_route(
         }
     }
 
-    let key = match raw.secret.get_ref().load(env) {
-        Ok(secret) => {
-            secret_warnings(&route_ctx, &secret, secrets, raw.secret.span(), r);
-            let key = Key::new(secret.as_bytes());
-            secrets.push((name.clone(), secret));
-            Some(key)
-        }
-        Err(e) => {
-            r.add(raw.secret.span(), format!("{route_ctx}: {e}"));
-            None
-        }
-    };
+    let keys = scheme
+        .as_ref()
+        .and_then(|scheme| load_keys(&raw, scheme, &route_ctx, env, secrets, r));
+    let public_url = scheme
+        .as_ref()
+        .and_then(|scheme| public_url(&raw, scheme, &route_ctx, r));
 
     let max_body_bytes = raw
         .max_body_bytes
@@ -656,16 +646,15 @@ fn build_route(
     if r.problems.len() != before {
         return None;
     }
-    let scheme = scheme?;
+    let check = SignatureCheck::new(scheme?, keys?, public_url?);
     Some(Route {
         index,
         name,
         path: path.clone(),
         host,
         upstream: upstream.ok()?,
-        signature_header: scheme.header(),
-        scheme,
-        key: key?,
+        check,
+        enforce: raw.enforce.unwrap_or(true),
         methods,
         allow: allow?,
         forwarded_headers: raw.forwarded_headers.unwrap_or(true),
@@ -728,6 +717,166 @@ fn unresolvable(authority: &Authority) -> Option<String> {
         Ok(Some(_)) => None,
         Ok(None) => Some(format!("{host} resolves to no address")),
         Err(e) => Some(format!("{host} does not resolve ({e})")),
+    }
+}
+
+/// The route's keys: `secret = ...` (one key, id "default") or
+/// `secrets = [...]` (rotation), each loaded and prepared for the scheme.
+fn load_keys(
+    raw: &RawRoute,
+    scheme: &scheme::Scheme,
+    ctx: &str,
+    env: &dyn Environment,
+    secrets: &mut Vec<(String, Secret)>,
+    r: &mut Report<'_>,
+) -> Option<Vec<Key>> {
+    let entries: Vec<(Range<usize>, KeySource)> = match (&raw.secret, &raw.secrets) {
+        (Some(one), None) => vec![(
+            one.span(),
+            KeySource {
+                source: one.get_ref().clone(),
+                id: Some("default".into()),
+                not_before: None,
+                not_after: None,
+            },
+        )],
+        (None, Some(list)) => {
+            if list.get_ref().is_empty() || list.get_ref().len() > MAX_KEYS {
+                r.add(
+                    list.span(),
+                    format!("{ctx}: secrets must list 1 to {MAX_KEYS} keys (rotation needs two: the new and the old)"),
+                );
+                return None;
+            }
+            list.get_ref()
+                .iter()
+                .map(|k| (list.span(), k.clone()))
+                .collect()
+        }
+        (Some(one), Some(_)) => {
+            r.add(
+                one.span(),
+                format!("{ctx}: set either secret (one key) or secrets (rotation), not both"),
+            );
+            return None;
+        }
+        (None, None) => {
+            r.add(
+                raw.name.span(),
+                format!("{ctx}: no secret; add secret = {{ env = \"VAR\" }} (or secrets = [...] to rotate)"),
+            );
+            return None;
+        }
+    };
+    let before = r.problems.len();
+    let mut keys = Vec::new();
+    for (span, entry) in entries {
+        let id = entry.key_id();
+        let key_ctx = format!("{ctx}: key {id:?}");
+        if keys.iter().any(|k: &Key| k.id == id) {
+            r.add(
+                span.clone(),
+                format!("{key_ctx}: duplicate key id; give each entry of secrets a unique id"),
+            );
+        }
+        let instant = |key: &str, text: &Option<String>, r: &mut Report<'_>| {
+            text.as_ref().and_then(|t| {
+                let parsed = timestamp::parse_instant(t);
+                if parsed.is_none() {
+                    r.add(span.clone(), format!("{key_ctx}: {key} {t:?} is not a time; write RFC 3339 like \"2027-01-31T00:00:00Z\""));
+                }
+                parsed
+            })
+        };
+        let not_before = instant("not_before", &entry.not_before, r);
+        let not_after = instant("not_after", &entry.not_after, r);
+        if let (Some(nb), Some(na)) = (not_before, not_after) {
+            if nb >= na {
+                r.add(
+                    span.clone(),
+                    format!("{key_ctx}: not_before must be earlier than not_after"),
+                );
+            }
+        }
+        match entry.source.load(env) {
+            Ok(secret) => {
+                match Key::new(scheme, id, secret.as_bytes(), not_before, not_after) {
+                    Ok(key) => keys.push(key),
+                    Err(e) => r.add(span.clone(), format!("{key_ctx}: {e}")),
+                }
+                secret_warnings(ctx, &secret, secrets, span.clone(), r);
+                secrets.push((raw.name.get_ref().clone(), secret));
+            }
+            Err(e) => r.add(span.clone(), format!("{ctx}: {e}")),
+        }
+    }
+    (r.problems.len() == before).then_some(keys)
+}
+
+/// `public_url`: required by twilio (it signs the URL it called), refused
+/// elsewhere (it would do nothing).
+fn public_url(
+    raw: &RawRoute,
+    scheme: &scheme::Scheme,
+    ctx: &str,
+    r: &mut Report<'_>,
+) -> Option<Option<String>> {
+    let needs = scheme.signed == scheme::Signed::Twilio;
+    match (&raw.public_url, needs) {
+        (None, false) => Some(None),
+        (None, true) => {
+            r.add(
+                raw.name.span(),
+                format!("{ctx}: scheme {:?} signs the URL the sender calls; set public_url = \"https://hooks.example.com{}\"", scheme.name, raw.path.get_ref()),
+            );
+            None
+        }
+        (Some(u), false) => {
+            r.add(
+                u.span(),
+                format!("{ctx}: public_url is only used by the twilio scheme; remove it"),
+            );
+            None
+        }
+        (Some(u), true) => {
+            let text = u.get_ref();
+            let ok = text.parse::<Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.query().is_none()
+            });
+            if ok {
+                Some(Some(text.clone()))
+            } else {
+                r.add(u.span(), format!("{ctx}: public_url {text:?} must be the full http(s) URL the sender calls, without a query, e.g. \"https://hooks.example.com/webhooks/twilio\""));
+                None
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Keys that expire within `within` of `now`, as warn lines (route, key
+    /// id, time; never the secret).
+    pub fn expiring_keys(&self, now: i64, within: Duration) -> Vec<String> {
+        let horizon = now.saturating_add(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+        for route in &self.routes {
+            for key in &route.check.keys {
+                if let Some(na) = key.not_after.filter(|na| *na > now && *na <= horizon) {
+                    out.push(format!(
+                        "route {:?}: key {:?} expires at {} (in {} h); once hookgate_signature_key_matches_total{{route={:?},key={:?}}} stops rising, remove it from secrets",
+                        route.name,
+                        key.id,
+                        timestamp::format(na),
+                        (na - now) / 3600,
+                        route.name,
+                        key.id,
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 

@@ -65,7 +65,7 @@ pub struct Forwarding {
 /// Builds the upstream request headers from the client's, in their order.
 ///
 /// - drops hop-by-hop fields, fields named by `Connection` (never `Host` or
-///   the signature field), `Expect` (already satisfied: the whole body has
+///   the fields the scheme reads), `Expect` (already satisfied: the whole body has
 ///   been read);
 /// - sets `Content-Length` to the body actually read, at the client's
 ///   `Content-Length` position (appended for a chunked request);
@@ -78,7 +78,7 @@ pub struct Forwarding {
 /// otherwise the map is rebuilt in one pass.
 pub fn upstream_request_headers(
     mut client: HeaderMap,
-    signature: &HeaderName,
+    signature: &[HeaderName],
     forwarding: Option<Forwarding>,
     authority: Option<&str>,
     content_length: u64,
@@ -130,7 +130,7 @@ pub fn upstream_request_headers(
         }
         if is_hop_by_hop(name)
             || name == header::EXPECT
-            || (named.contains(name) && name != header::HOST && name != signature)
+            || (named.contains(name) && name != header::HOST && !signature.contains(name))
         {
             continue;
         }
@@ -307,7 +307,7 @@ mod tests {
         ]);
         let out = upstream_request_headers(
             m,
-            &sig(),
+            std::slice::from_ref(&sig()),
             Some(Forwarding {
                 peer: HeaderValue::from_static("127.0.0.1"),
                 trusted: false,
@@ -343,7 +343,7 @@ mod tests {
         ]);
         let out = upstream_request_headers(
             m,
-            &sig(),
+            std::slice::from_ref(&sig()),
             Some(Forwarding {
                 peer: HeaderValue::from_static("192.0.2.1"),
                 trusted: false,
@@ -377,7 +377,7 @@ mod tests {
         ]);
         let out = upstream_request_headers(
             m,
-            &sig(),
+            std::slice::from_ref(&sig()),
             Some(Forwarding {
                 peer: HeaderValue::from_static("10.0.0.1"),
                 trusted: true,
@@ -394,7 +394,8 @@ mod tests {
     #[test]
     fn forwarding_off_keeps_client_values() {
         let m = map(&[("x-forwarded-for", "1.1.1.1")]);
-        let out = upstream_request_headers(m, &sig(), None, Some("a.example"), 0);
+        let out =
+            upstream_request_headers(m, std::slice::from_ref(&sig()), None, Some("a.example"), 0);
         assert_eq!(out[&X_FORWARDED_FOR], "1.1.1.1");
         assert_eq!(out[header::HOST], "a.example");
     }

@@ -12,8 +12,9 @@
 //! - [`proxy`]: the request path top to bottom, and the one mapping from
 //!   errors to statuses and outcomes;
 //! - [`route`]: (host, raw path) → route;
-//! - [`verify`]: signature header parsing and the HMAC (no I/O, no per-request
-//!   allocation);
+//! - [`scheme`]: signature schemes (presets, custom), keys with rotation
+//!   windows, the per-request verifier (no I/O; no allocation on the
+//!   streaming HMAC path);
 //! - [`body`]: reads the body frame by frame under the limits, keeps the
 //!   frames and replays them upstream;
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
@@ -21,7 +22,7 @@
 //!   delivery is forwarded once; repeats are answered by the gateway);
 //! - [`upstream`]: keep-alive connection pools per upstream origin.
 //!
-//! Around it: [`config`] (TOML → validated config with prepared HMAC keys),
+//! Around it: [`config`] (TOML → validated config with prepared keys),
 //! [`secret`] (env/file/credential secrets that never print), [`metrics`]
 //! (Prometheus, handles resolved at load), [`outcome`] (the outcome label), [`admin`] (`/metrics`, `/healthz`,
 //! `/readyz`), [`logging`] (stderr lines, text or JSON), [`cli`] and
@@ -49,4 +50,3 @@ pub mod sniff;
 pub mod streams;
 pub mod tls;
 pub mod upstream;
-pub mod verify;

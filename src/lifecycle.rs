@@ -113,6 +113,7 @@ pub async fn reload_on_sighup(
             Ok(routes) => {
                 proxy.metrics().config_loaded(true);
                 tracing::info!(routes, "configuration reloaded");
+                warn_expiring_keys(&proxy.state().config);
                 format!("serving {routes} routes; last reload ok")
             }
             Err(e) => {
@@ -126,6 +127,24 @@ pub async fn reload_on_sighup(
             }
         };
         notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+}
+
+/// Logs a warn line per key that expires within 7 days (never the secret).
+pub fn warn_expiring_keys(config: &Config) {
+    let now = crate::scheme::timestamp::now();
+    for line in config.expiring_keys(now, crate::cli::KEY_EXPIRY_WARNING) {
+        tracing::warn!("{line}");
+    }
+}
+
+/// Warns about soon-expiring keys at start, then once a day, so a rotation
+/// left half-done is noticed before the old key stops verifying.
+pub async fn key_expiry_warnings(proxy: Arc<Proxy>) {
+    let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+    loop {
+        daily.tick().await;
+        warn_expiring_keys(&proxy.state().config);
     }
 }
 

@@ -30,6 +30,12 @@ struct RouteOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteKey {
+    route: String,
+    key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
 }
@@ -79,6 +85,7 @@ pub struct Metrics {
     upstream_duration: HistogramFamily<RouteLabel>,
     upstream_responses: Family<RouteCode, Counter>,
     body_bytes: HistogramFamily<RouteLabel>,
+    key_matches: Family<RouteKey, Counter>,
     pub unmatched: Counter,
     pub in_flight: Gauge,
     pub tls_handshake_errors: Counter,
@@ -104,12 +111,21 @@ pub struct RouteMetrics {
     pub upstream_duration: Histogram,
     upstream_responses: [Counter; CODE_CLASSES.len()],
     pub body_bytes: Histogram,
+    /// Indexed like the route's keys.
+    key_matches: Vec<Counter>,
 }
 
 impl RouteMetrics {
     pub fn request(&self, outcome: Outcome) -> Option<&Counter> {
         let i = Outcome::ROUTED.iter().position(|o| *o == outcome)?;
         self.requests.get(i)
+    }
+
+    /// Counts a request verified under the route's key at `index`.
+    pub fn key_matched(&self, index: usize) {
+        if let Some(c) = self.key_matches.get(index) {
+            c.inc();
+        }
     }
 
     /// Counts an upstream response by status class.
@@ -169,6 +185,12 @@ impl Metrics {
             "Request body sizes read",
             Unit::Bytes,
             body_bytes.clone(),
+        );
+        let key_matches = Family::<RouteKey, Counter>::default();
+        registry.register(
+            "hookgate_signature_key_matches",
+            "Requests verified, by route and the key id that matched (which key still signs traffic)",
+            key_matches.clone(),
         );
         let in_flight = Gauge::default();
         registry.register(
@@ -236,6 +258,7 @@ impl Metrics {
             upstream_duration,
             upstream_responses,
             body_bytes,
+            key_matches,
             unmatched,
             in_flight,
             tls_handshake_errors,
@@ -277,8 +300,9 @@ impl Metrics {
         *current = new;
     }
 
-    /// Resolves (creating at zero) every series of one route.
-    pub fn route(&self, name: &str) -> RouteMetrics {
+    /// Resolves (creating at zero) every series of one route, with one
+    /// key-match series per key id.
+    pub fn route(&self, name: &str, key_ids: &[&str]) -> RouteMetrics {
         let route = || RouteLabel {
             route: name.to_string(),
         };
@@ -298,6 +322,15 @@ impl Metrics {
                 })
             }),
             body_bytes: self.body_bytes.get_or_create_owned(&route()),
+            key_matches: key_ids
+                .iter()
+                .map(|key| {
+                    self.key_matches.get_or_create_owned(&RouteKey {
+                        route: name.to_string(),
+                        key: key.to_string(),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -331,8 +364,8 @@ mod tests {
     #[test]
     fn label_tuples_are_distinct_series() {
         let m = Metrics::new();
-        let ab = m.route("ab");
-        let a = m.route("a");
+        let ab = m.route("ab", &[]);
+        let a = m.route("a", &[]);
         ab.request(Outcome::Forwarded).unwrap().inc();
         a.request(Outcome::Forwarded).unwrap().inc_by(2);
         let text = m.encode();
@@ -367,7 +400,7 @@ mod tests {
     #[test]
     fn upstream_status_classes() {
         let m = Metrics::new();
-        let r = m.route("r");
+        let r = m.route("r", &[]);
         for s in [100, 204, 302, 404, 503, 999, 0] {
             r.upstream_response(s);
         }

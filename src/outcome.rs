@@ -10,6 +10,12 @@ pub enum Outcome {
     Forwarded,
     SignatureMissing,
     SignatureInvalid,
+    /// The timestamp of a timestamped scheme is missing, unparsable or
+    /// outside the tolerance (SPEC §9).
+    TimestampInvalid,
+    /// Shadow mode (`enforce = false`): the signature failed and the
+    /// request was forwarded anyway.
+    ShadowInvalid,
     BodyTooLarge,
     MethodNotAllowed,
     Timeout,
@@ -29,10 +35,12 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome a matched route can have (all but `Unmatched`).
-    pub const ROUTED: [Outcome; 11] = [
+    pub const ROUTED: [Outcome; 13] = [
         Outcome::Forwarded,
         Outcome::SignatureMissing,
         Outcome::SignatureInvalid,
+        Outcome::TimestampInvalid,
+        Outcome::ShadowInvalid,
         Outcome::BodyTooLarge,
         Outcome::MethodNotAllowed,
         Outcome::Timeout,
@@ -48,6 +56,8 @@ impl Outcome {
             Outcome::Forwarded => "forwarded",
             Outcome::SignatureMissing => "signature_missing",
             Outcome::SignatureInvalid => "signature_invalid",
+            Outcome::TimestampInvalid => "timestamp_invalid",
+            Outcome::ShadowInvalid => "shadow_invalid",
             Outcome::BodyTooLarge => "body_too_large",
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::Timeout => "timeout",

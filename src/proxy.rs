@@ -1,9 +1,12 @@
 //! The request path of SPEC §1, top to bottom in [`Proxy::handle_inner`]:
 //!
-//! route (host, raw path) → method → Host → signature header → Content-Length
-//! pre-check → body read under limits with the HMAC updated per frame →
-//! constant-time compare → replay check (routes with `replay_window`) →
-//! forward the same frames → relay the response.
+//! route (host, raw path) → method → Host → signature headers (shape,
+//! timestamp, key windows) → Content-Length pre-check → body read under
+//! limits with the MACs updated per frame → constant-time compare → replay
+//! check (routes with `replay_window`) → forward the same frames → relay
+//! the response. In shadow mode (`enforce = false`) a failed signature
+//! check is logged and counted, and the request goes on (never recorded
+//! for replay).
 //!
 //! Every step returns `Result<_, ProxyError>`; only [`Proxy::handle`] turns an
 //! error into a status, an outcome and a log line, through the one exhaustive
@@ -31,8 +34,8 @@ use crate::metrics::{Metrics, RouteMetrics};
 pub use crate::outcome::Outcome;
 use crate::replay::{self, Claim, MemoryStore, Repeat, Verified};
 use crate::route::RouteTable;
+use crate::scheme::{self, Field, VerifyError};
 use crate::upstream::{Lease, Pool, UpstreamError, Upstreams};
-use crate::verify::{self, VerifyError, MAC_LEN};
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +82,27 @@ impl ProxyError {
             ProxyError::BadHost | ProxyError::HeaderLookalike => {
                 (StatusCode::BAD_REQUEST, Outcome::BadRequest)
             }
-            ProxyError::Signature(VerifyError::Missing) => {
+            ProxyError::Signature(VerifyError::Missing(Field::Signature)) => {
                 (StatusCode::UNAUTHORIZED, Outcome::SignatureMissing)
             }
             ProxyError::Signature(
-                VerifyError::Duplicated
+                VerifyError::Missing(Field::Timestamp)
+                | VerifyError::Duplicated(Field::Timestamp)
+                | VerifyError::TimestampUnparsable
+                | VerifyError::TimestampOutside { .. },
+            ) => (StatusCode::UNAUTHORIZED, Outcome::TimestampInvalid),
+            ProxyError::Signature(
+                VerifyError::Missing(Field::Id)
+                | VerifyError::Duplicated(Field::Signature | Field::Id)
+                | VerifyError::Malformed(_)
+                | VerifyError::WrongPrefix
                 | VerifyError::WrongLength
                 | VerifyError::NotHex
+                | VerifyError::NotBase64
+                | VerifyError::NoSignature
+                | VerifyError::TooManySignatures
+                | VerifyError::NoKeyValid
+                | VerifyError::BodyHashMismatch
                 | VerifyError::Mismatch,
             ) => (StatusCode::UNAUTHORIZED, Outcome::SignatureInvalid),
             ProxyError::ContentLengthTooLarge | ProxyError::Body(BodyError::TooLarge) => {
@@ -136,7 +153,10 @@ impl State {
         let route_metrics = config
             .routes
             .iter()
-            .map(|r| metrics.route(&r.name))
+            .map(|r| {
+                let ids: Vec<&str> = r.check.keys.iter().map(|k| k.id.as_str()).collect();
+                metrics.route(&r.name, &ids)
+            })
             .collect();
         let route_pools = config
             .routes
@@ -155,6 +175,11 @@ impl State {
     /// built from the same list, so the index is always in range.
     fn pool(&self, route: &Route) -> &Arc<Pool> {
         &self.route_pools[route.index]
+    }
+
+    /// The metric handles of a route of this state.
+    fn route_metrics(&self, route: &Route) -> Option<&RouteMetrics> {
+        self.route_metrics.get(route.index)
     }
 }
 
@@ -386,27 +411,44 @@ impl Proxy {
         if !host_ok {
             return Err(ProxyError::BadHost);
         }
-        if headers::has_lookalike(
-            &parts.headers,
-            std::slice::from_ref(&route.signature_header),
-        ) {
+        // Every header the scheme reads, in every spelling: a look-alike
+        // (`_` for `-`) could be read by the app instead of the one verified.
+        if headers::has_lookalike(&parts.headers, route.check.header_names()) {
             return Err(ProxyError::HeaderLookalike);
         }
-        let signature = verify::signature_from_headers(&parts.headers, &route.signature_header)
-            .map_err(ProxyError::Signature)?;
+        let now = scheme::timestamp::now();
+        let mut verifier = match route.check.begin(&parts.headers, parts.uri.query(), now) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                signature_failed(route, e, ex)?;
+                None
+            }
+        };
         if body.size_hint().lower() > route.max_body_bytes {
             return Err(ProxyError::ContentLengthTooLarge);
         }
 
-        let mut verifier = route.key.verifier();
         let deadline = ex.started + route.request_timeout;
-        let frames = body::read_verified(&mut body, &mut verifier, route.max_body_bytes, deadline)
-            .await
-            .map_err(ProxyError::Body)?;
+        let frames =
+            body::read_verified(&mut body, verifier.as_mut(), route.max_body_bytes, deadline)
+                .await
+                .map_err(ProxyError::Body)?;
         ex.body_done = true;
         ex.body_bytes = Some(frames.len());
-        verifier.finish(&signature).map_err(ProxyError::Signature)?;
-        let claim = self.claim_delivery(route, &signature).await?;
+        let mut claim = None;
+        if let Some(verifier) = verifier {
+            match verifier.finish(frames.bufs()) {
+                Ok(verified) => {
+                    if let Some(m) = state.route_metrics(route) {
+                        m.key_matched(verified.key);
+                    }
+                    claim = self
+                        .claim_delivery(route, &parts.headers, &verified)
+                        .await?;
+                }
+                Err(e) => signature_failed(route, e, ex)?,
+            }
+        }
 
         let uri = upstream_uri(route, &parts.uri).map_err(ProxyError::UpstreamUri)?;
         // The Host field's value is shared, not copied; HTTP/2 has :authority instead.
@@ -428,7 +470,7 @@ impl Proxy {
         let authority = parts.uri.authority().map(|a| a.as_str());
         let headers = headers::upstream_request_headers(
             parts.headers,
-            &route.signature_header,
+            route.check.header_names(),
             forwarding,
             authority,
             frames.len(),
@@ -469,20 +511,47 @@ impl Proxy {
 
     /// The replay check of a route with `replay_window`: a claim on this
     /// delivery, or the repeat to answer. Routes without a window skip it.
+    /// A delivery is known by the scheme's delivery id when it has one,
+    /// else by the verified MAC (with its timestamp when signed).
     async fn claim_delivery(
         &self,
         route: &Route,
-        mac: &[u8; MAC_LEN],
+        headers: &http::HeaderMap,
+        verified: &scheme::Verified,
     ) -> Result<Option<Claim<'_>>, ProxyError> {
         let Some(window) = route.replay_window else {
             return Ok(None);
         };
-        let key = replay::key(&route.name, Verified::Mac(mac));
+        let material = match (route.check.delivery_id(headers), verified.timestamp) {
+            (Some(id), _) => Verified::Id(id.as_bytes()),
+            (None, Some(t)) => Verified::MacAt(verified.tag.as_slice(), t),
+            (None, None) => Verified::Mac(verified.tag.as_slice()),
+        };
+        let key = replay::key(&route.name, material);
         replay::claim(&self.replay, key, window)
             .await
             .map(Some)
             .map_err(ProxyError::Repeat)
     }
+}
+
+/// A failed signature check: refused (401) on an enforcing route; on a
+/// shadow route logged at warn with the reason (never a secret or an
+/// expected value), counted as `shadow_invalid`, and let through.
+fn signature_failed(route: &Route, err: VerifyError, ex: &mut Exchange) -> Result<(), ProxyError> {
+    if route.enforce {
+        return Err(ProxyError::Signature(err));
+    }
+    if ex.outcome != Outcome::ShadowInvalid {
+        tracing::warn!(
+            route = route.name.as_str(),
+            peer = ex.conn.peer_text.as_str(),
+            reason = %err,
+            "shadow mode: signature check failed, forwarding anyway"
+        );
+    }
+    ex.outcome = Outcome::ShadowInvalid;
+    Ok(())
 }
 
 /// Whole microseconds: integers format far cheaper than floats in the
@@ -709,12 +778,42 @@ mod tests {
                 "upstream_error",
             ),
             (
-                ProxyError::Signature(VerifyError::Missing),
+                ProxyError::Signature(VerifyError::Missing(Field::Signature)),
                 401,
                 "signature_missing",
             ),
             (
-                ProxyError::Signature(VerifyError::Duplicated),
+                ProxyError::Signature(VerifyError::Duplicated(Field::Signature)),
+                401,
+                "signature_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::Missing(Field::Id)),
+                401,
+                "signature_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::Missing(Field::Timestamp)),
+                401,
+                "timestamp_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::TimestampOutside { skew: 412 }),
+                401,
+                "timestamp_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::TimestampUnparsable),
+                401,
+                "timestamp_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::TooManySignatures),
+                401,
+                "signature_invalid",
+            ),
+            (
+                ProxyError::Signature(VerifyError::NoKeyValid),
                 401,
                 "signature_invalid",
             ),

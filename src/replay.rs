@@ -34,8 +34,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest, Sha256};
 
-use crate::verify::MAC_LEN;
-
 /// What a route remembers of one delivery: a 16-byte digest of the route's
 /// name and what its scheme verified. 128 bits keep accidental collisions
 /// out of reach (2^64 deliveries for an even chance) at a fixed size.
@@ -50,15 +48,19 @@ impl std::fmt::Debug for ReplayKey {
     }
 }
 
-/// What the route's scheme verified, the material a delivery is known by.
-/// Today's only scheme (Adsumo) signs the body alone and carries no id or
-/// timestamp, so the verified MAC is the delivery's identity. Schemes with
-/// a delivery id (`webhook-id`, `X-GitHub-Delivery`) or a signed timestamp
-/// add their variant here.
+/// What the route's scheme verified, the material a delivery is known by:
+/// the scheme's delivery id when it has one (`webhook-id`,
+/// `X-GitHub-Delivery`, ...), else the verified MAC, with the signed
+/// timestamp for timestamped schemes (SPEC §10).
 #[derive(Debug, Clone, Copy)]
 pub enum Verified<'a> {
-    /// The full MAC the request carried and the gateway recomputed.
-    Mac(&'a [u8; MAC_LEN]),
+    /// The full MAC (or signature) the request carried and the gateway
+    /// recomputed or checked.
+    Mac(&'a [u8]),
+    /// A MAC over a signed timestamp, with that timestamp.
+    MacAt(&'a [u8], i64),
+    /// The delivery id header's value.
+    Id(&'a [u8]),
 }
 
 /// The one derivation of replay keys: per route (the same delivery on two
@@ -73,6 +75,15 @@ pub fn key(route: &str, verified: Verified<'_>) -> ReplayKey {
         Verified::Mac(mac) => {
             h.update(b"mac");
             h.update(mac);
+        }
+        Verified::MacAt(mac, timestamp) => {
+            h.update(b"mat");
+            h.update(timestamp.to_le_bytes());
+            h.update(mac);
+        }
+        Verified::Id(id) => {
+            h.update(b"id\0");
+            h.update(id);
         }
     }
     let digest = h.finalize();
@@ -399,7 +410,7 @@ mod tests {
     }
 
     fn k(n: u8) -> ReplayKey {
-        key("r", Verified::Mac(&[n; MAC_LEN]))
+        key("r", Verified::Mac(&[n; 32]))
     }
 
     fn seen(s: &MemoryStore, key: &ReplayKey) -> Seen {
@@ -413,12 +424,12 @@ mod tests {
 
     #[test]
     fn keys_are_per_route_and_per_material() {
-        let mac = [7u8; MAC_LEN];
+        let mac = [7u8; 32];
         assert_eq!(key("a", Verified::Mac(&mac)), key("a", Verified::Mac(&mac)));
         assert_ne!(key("a", Verified::Mac(&mac)), key("b", Verified::Mac(&mac)));
         assert_ne!(
             key("a", Verified::Mac(&mac)),
-            key("a", Verified::Mac(&[8u8; MAC_LEN]))
+            key("a", Verified::Mac(&[8u8; 32]))
         );
         // The length prefix keeps route names from running into the material.
         assert_ne!(

@@ -244,6 +244,121 @@ impl<'de> Visitor<'de> for SourceVisitor {
     }
 }
 
+/// One entry of `secrets = [...]`: a secret source plus the key's id and
+/// validity window, e.g. `{ env = "OLD", id = "old", not_after = "2027-01-31T00:00:00Z" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySource {
+    pub source: SecretSource,
+    pub id: Option<String>,
+    pub not_before: Option<String>,
+    pub not_after: Option<String>,
+}
+
+const KEY_SHAPE: &str =
+    "{ env = \"VAR\" } (or file/credential), optionally with id, not_before, not_after";
+
+impl KeySource {
+    /// The key id: the one given, else the source's name (the env var,
+    /// credential or file name; never the secret).
+    pub fn key_id(&self) -> String {
+        if let Some(id) = &self.id {
+            return id.clone();
+        }
+        match &self.source {
+            SecretSource::Env(n) | SecretSource::Credential(n) => n.clone(),
+            SecretSource::File(p) => p.file_name().map_or_else(
+                || p.display().to_string(),
+                |f| f.to_string_lossy().into_owned(),
+            ),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = KeySource;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(KEY_SHAPE)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<KeySource, E> {
+        Err(inline())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<KeySource, E> {
+        Err(inline())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<KeySource, E> {
+        Err(inline())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<KeySource, E> {
+        Err(inline())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<KeySource, E> {
+        Err(inline())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<KeySource, A::Error> {
+        Err(inline())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeySource, A::Error> {
+        let mut source: Option<SecretSource> = None;
+        let (mut id, mut not_before, mut not_after) = (None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            let value: String = map.next_value().map_err(|_: A::Error| {
+                de::Error::custom(format!(
+                    "secrets: {key} must be a string; write {KEY_SHAPE}"
+                ))
+            })?;
+            let found = match key.as_str() {
+                "env" => SecretSource::Env(value),
+                "file" => SecretSource::File(PathBuf::from(value)),
+                "credential" => SecretSource::Credential(value),
+                "id" => {
+                    id = Some(value);
+                    continue;
+                }
+                "not_before" => {
+                    not_before = Some(value);
+                    continue;
+                }
+                "not_after" => {
+                    not_after = Some(value);
+                    continue;
+                }
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "secrets: unknown key `{other}`; write {KEY_SHAPE}"
+                    )))
+                }
+            };
+            if source.replace(found).is_some() {
+                return Err(de::Error::custom(format!(
+                    "secrets: an entry names more than one source; write {KEY_SHAPE}"
+                )));
+            }
+        }
+        let source = source.ok_or_else(|| {
+            de::Error::custom(format!(
+                "secrets: an entry has no env, file or credential; write {KEY_SHAPE}"
+            ))
+        })?;
+        Ok(KeySource {
+            source,
+            id,
+            not_before,
+            not_after,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +401,39 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         let err = parse(r#"secret = { env = "A", file = "/b" }"#).unwrap_err();
         assert!(err.contains("more than one source"), "{err}");
+    }
+
+    #[test]
+    fn key_sources_parse_without_echo() {
+        #[derive(Deserialize)]
+        struct Keys {
+            secrets: Vec<KeySource>,
+        }
+        let k: Keys = toml::from_str(
+            r#"secrets = [{ env = "NEW" }, { file = "/run/old", id = "old", not_after = "2027-01-31T00:00:00Z" }]"#,
+        )
+        .unwrap();
+        assert_eq!(k.secrets[0].key_id(), "NEW");
+        assert_eq!(k.secrets[1].key_id(), "old");
+        assert_eq!(
+            k.secrets[1].not_after.as_deref(),
+            Some("2027-01-31T00:00:00Z")
+        );
+        let err = toml::from_str::<Keys>(r#"secrets = ["hunter2-canary"]"#)
+            .err()
+            .unwrap()
+            .message()
+            .to_string();
+        assert!(
+            err.contains("inline secrets are not allowed") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = toml::from_str::<Keys>(r#"secrets = [{ id = "x" }]"#)
+            .err()
+            .unwrap()
+            .message()
+            .to_string();
+        assert!(err.contains("no env, file or credential"), "{err}");
     }
 
     #[test]

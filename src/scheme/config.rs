@@ -150,7 +150,9 @@ fn custom(raw: &RawScheme) -> Result<Scheme, String> {
     }
     let tolerance = match (&raw.tolerance, &timestamp_header) {
         (Some(_), None) => {
-            return Err("scheme.tolerance needs timestamp_header (there is no timestamp to check)".into())
+            return Err(
+                "scheme.tolerance needs timestamp_header (there is no timestamp to check)".into(),
+            )
         }
         (Some(t), Some(_)) => Some(tolerance(t)?),
         (None, Some(_)) => Some(Duration::from_secs(300)),
@@ -255,7 +257,10 @@ tolerance = "2m""#,
         );
         assert_eq!(
             s.header_names(),
-            vec![HeaderName::from_static("x-sig"), HeaderName::from_static("x-ts")]
+            vec![
+                HeaderName::from_static("x-sig"),
+                HeaderName::from_static("x-ts")
+            ]
         );
     }
 

@@ -279,7 +279,9 @@ impl std::fmt::Debug for Key {
 pub enum KeyError {
     #[error("a standard-webhooks secret must start with whsec_ (HMAC, v1) or whpk_ (ed25519 public key, v1a); copy it as the sender shows it")]
     NoPrefix,
-    #[error("the whsec_ secret is not valid base64 after the prefix; copy it as the sender shows it")]
+    #[error(
+        "the whsec_ secret is not valid base64 after the prefix; copy it as the sender shows it"
+    )]
     WhsecNotBase64,
     #[error("the whpk_ key is not valid base64 after the prefix; copy it as the sender shows it")]
     WhpkNotBase64,
@@ -517,7 +519,10 @@ impl SignatureCheck {
     /// The delivery id the sender put on this request, when the scheme has
     /// one (the replay key, SPEC §10).
     pub fn delivery_id<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
-        self.scheme.delivery_id.as_ref().and_then(|n| headers.get(n))
+        self.scheme
+            .delivery_id
+            .as_ref()
+            .and_then(|n| headers.get(n))
     }
 
     /// Everything that can be checked from the headers alone (signature
@@ -629,7 +634,9 @@ impl SignatureCheck {
                     for part in parts {
                         match part {
                             Part::Literal(l) => prefix.extend_from_slice(l),
-                            Part::Timestamp => prefix.extend_from_slice(ts_text.unwrap_or_default()),
+                            Part::Timestamp => {
+                                prefix.extend_from_slice(ts_text.unwrap_or_default())
+                            }
                             Part::Id => prefix.extend_from_slice(id.unwrap_or_default()),
                         }
                     }
@@ -773,7 +780,9 @@ pub enum SignError {
     PublicKey,
     #[error("the twilio scheme signs the public URL; pass --url https://...")]
     NeedsUrl,
-    #[error("this scheme sends the secret itself as the header value; there is no signature to compute")]
+    #[error(
+        "this scheme sends the secret itself as the header value; there is no signature to compute"
+    )]
     Token,
 }
 

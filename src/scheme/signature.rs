@@ -121,7 +121,8 @@ pub(super) fn decode(encoding: Encoding, text: &[u8], len: usize) -> Result<Tag,
             if text.len() != len * 2 {
                 return Err(VerifyError::WrongLength);
             }
-            let mut tag = Tag::from_slice(&[0; super::MAX_MAC][..len]).ok_or(VerifyError::WrongLength)?;
+            let mut tag =
+                Tag::from_slice(&[0; super::MAX_MAC][..len]).ok_or(VerifyError::WrongLength)?;
             hex::decode_to_slice(text, &mut tag.bytes[..len]).map_err(|_| VerifyError::NotHex)?;
             Ok(tag)
         }

@@ -57,8 +57,19 @@ mod tests {
 
     #[test]
     fn unix_and_rfc3339() {
-        assert_eq!(parse(b"1614265330", TimestampFormat::Unix), Some(1614265330));
-        for bad in [&b""[..], b"-1", b" 1", b"1.5", b"0x10", b"1234567890123", b"abc"] {
+        assert_eq!(
+            parse(b"1614265330", TimestampFormat::Unix),
+            Some(1614265330)
+        );
+        for bad in [
+            &b""[..],
+            b"-1",
+            b" 1",
+            b"1.5",
+            b"0x10",
+            b"1234567890123",
+            b"abc",
+        ] {
             assert_eq!(parse(bad, TimestampFormat::Unix), None, "{bad:?}");
         }
         assert_eq!(

@@ -30,7 +30,11 @@ impl Context {
         let body_sha256 = query.and_then(|q| {
             q.split('&').find_map(|p| {
                 let v = p.strip_prefix("bodySHA256=")?;
-                Some(super::signature::decode(super::Encoding::Hex, v.as_bytes(), 32))
+                Some(super::signature::decode(
+                    super::Encoding::Hex,
+                    v.as_bytes(),
+                    32,
+                ))
             })
         });
         let form = headers

@@ -12,7 +12,6 @@ use hookgate::admin::Readiness;
 use hookgate::config::Config;
 use hookgate::metrics::Metrics;
 use hookgate::proxy::Proxy;
-use hookgate::verify::Key;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -35,11 +34,6 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
-}
-
-/// Silences unused-import lints in crates that only use `sign`.
-pub fn gateway_key(secret: &str) -> Key {
-    Key::new(secret.as_bytes())
 }
 
 // ---------------------------------------------------------------------------
