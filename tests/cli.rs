@@ -19,6 +19,8 @@ fn check(dir: &Path, config: &str) -> (i32, String, String) {
         .env_clear()
         .env("SECRET_A", SECRET_A)
         .env("EMPTY", "")
+        .env("BAD_WHSEC", "whsec_canary*not*base64")
+        .env("SHORT_WHPK", "whpk_AAAA")
         .output()
         .unwrap();
     (
@@ -61,7 +63,15 @@ fn broken_configs_each_get_their_message() {
         ("path without slash", GOOD.replace("\"/hooks/a\"", "\"hooks/a\""), "route \"a\": path \"hooks/a\" must start with '/'"),
         ("bad name", GOOD.replace("name = \"a\"", "name = \"a b\""), "hookgate.toml:5:8: route \"a b\": name must be 1-64 characters"),
         ("bad method", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nmethods = [\"post\"]"), "method \"post\" is not an upper-case HTTP method"),
-        ("bad scheme", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nscheme = \"github\""), "unknown scheme \"github\"; the supported scheme is \"adsumo\""),
+        ("bad scheme", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nscheme = \"githib\""), "hookgate.toml:7:10: route \"a\": unknown scheme \"githib\"; use one of adsumo, github, stripe, shopify, slack, standard-webhooks, zendesk, paddle, linear, twilio, gitlab or a [route.scheme] table"),
+        ("whsec not base64", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nscheme = \"standard-webhooks\"").replace("SECRET_A", "BAD_WHSEC"), "hookgate.toml:9:10: route \"a\": key \"default\": the whsec_ secret is not valid base64 after the prefix"),
+        ("ed25519 key length", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nscheme = \"standard-webhooks\"").replace("SECRET_A", "SHORT_WHPK"), "route \"a\": key \"default\": the whpk_ key decodes to 3 bytes; an ed25519 public key is 32 bytes"),
+        ("twilio without public_url", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nscheme = \"twilio\""), "hookgate.toml:5:8: route \"a\": scheme \"twilio\" signs the URL the sender calls; set public_url = \"https://hooks.example.com/hooks/a\""),
+        ("zero tolerance", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nscheme = { preset = \"stripe\", tolerance = \"0s\" }"), "hookgate.toml:7:10: route \"a\": scheme.tolerance must be greater than zero"),
+        ("custom scheme unknown key", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nscheme = { header = \"X-Sig\", encodng = \"hex\" }"), "route \"a\": scheme: unknown field `encodng`"),
+        ("secret and secrets", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nsecrets = [{ env = \"SECRET_A\" }]"), "set either secret (one key) or secrets (rotation), not both"),
+        ("bad not_after", GOOD.replace("secret = { env = \"SECRET_A\" }", "secrets = [{ env = \"SECRET_A\", not_after = \"soon\" }]"), "route \"a\": key \"SECRET_A\": not_after \"soon\" is not a time"),
+        ("duplicate key id", GOOD.replace("secret = { env = \"SECRET_A\" }", "secrets = [{ env = \"SECRET_A\" }, { env = \"SECRET_A\" }]"), "key \"SECRET_A\": duplicate key id"),
         ("bad host", GOOD.replace("path = \"/hooks/a\"", "path = \"/hooks/a\"\nhost = \"https://x.test/\""), "must be a bare host name"),
         ("bad listen", GOOD.replace("127.0.0.1:8080", "localhost:8080"), "hookgate.toml:2:10: server.listen: \"localhost:8080\" is not an IP:port address"),
         ("bad duration", GOOD.replace("[server]", "[limits]\nrequest_timeout = \"10\"\n[server]"), "hookgate.toml:2:19: limits.request_timeout: \"10\" is not a duration"),
