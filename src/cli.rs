@@ -447,18 +447,17 @@ pub fn explain(check: &SignatureCheck, err: VerifyError, now: i64) -> String {
             "header {}: the timestamp is not parsable",
             scheme.field_header_text(Field::Timestamp)
         ),
-        VerifyError::TimestampOutside { skew } => format!(
-            "timestamp {} s {} tolerance {} s (header {}, checked at {})",
-            skew.unsigned_abs(),
-            if skew > 0 {
-                "old, outside the"
-            } else {
-                "in the future, outside the"
-            },
-            scheme.tolerance.map_or(0, |t| t.as_secs()),
-            scheme.field_header_text(Field::Timestamp),
-            timestamp::format(now)
-        ),
+        VerifyError::TimestampOutside { skew } => {
+            let tolerance = scheme.tolerance.map_or(0, |t| t.as_secs());
+            format!(
+                "timestamp {} s {}, {} s outside the {tolerance} s tolerance (header {}, checked at {})",
+                skew.unsigned_abs(),
+                if skew > 0 { "old" } else { "in the future" },
+                skew.unsigned_abs().saturating_sub(tolerance),
+                scheme.field_header_text(Field::Timestamp),
+                timestamp::format(now)
+            )
+        }
         VerifyError::NoKeyValid => {
             format!("no key is valid at this time; key windows {}", windows())
         }

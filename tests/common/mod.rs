@@ -279,17 +279,7 @@ impl Gateway {
 
     /// GET /metrics from the admin listener.
     pub async fn metrics(&self) -> String {
-        let (resp, _) = raw(
-            self.admin,
-            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert_eq!(resp.status, 200);
-        assert_eq!(
-            resp.header("content-type"),
-            Some("text/plain; version=0.0.4; charset=utf-8")
-        );
-        String::from_utf8(resp.body).unwrap()
+        metrics_at(self.admin).await
     }
 
     /// Triggers shutdown and waits for `serve` to return.
@@ -320,6 +310,21 @@ pub async fn settled_metrics(gw: &Gateway) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("requests still in flight");
+}
+
+/// GET /metrics from an admin listener (in-process or the binary's).
+pub async fn metrics_at(admin: SocketAddr) -> String {
+    let (resp, _) = raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    String::from_utf8(resp.body).unwrap()
 }
 
 /// A config with route "a" (SECRET_A) on /webhooks/a and route "b"
