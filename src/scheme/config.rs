@@ -210,7 +210,7 @@ fn template(text: &str) -> Result<Vec<Part>, String> {
                 rest = &rest[end + 1..];
             }
             Some(i) => {
-                parts.push(Part::Literal(rest[..i].as_bytes().to_vec()));
+                parts.push(Part::Literal(rest.as_bytes()[..i].to_vec()));
                 rest = &rest[i..];
             }
         }
