@@ -78,14 +78,9 @@ fn body(size: usize, form: bool) -> Vec<u8> {
 }
 
 fn case(preset: &str, size: usize) -> Case {
-    let scheme = presets::preset(preset).unwrap();
     let twilio = preset == "twilio";
     let ed = preset == "standard-webhooks-v1a";
-    let scheme = if ed {
-        presets::preset("standard-webhooks").unwrap()
-    } else {
-        scheme
-    };
+    let scheme = presets::preset(if ed { "standard-webhooks" } else { preset }).unwrap();
     let body = body(size, twilio);
     let (secret, raw_key): (Vec<u8>, Vec<u8>) = if scheme.key_format
         == scheme::KeyFormat::StandardWebhooks

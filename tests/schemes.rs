@@ -677,3 +677,27 @@ fn sign_and_verify_cli() {
         "webhook-id: msg_p5jXN8AQM9LWM0D4loKWxJek\nwebhook-timestamp: 1614265330\nwebhook-signature: v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=\n"
     );
 }
+
+/// The replay defence keys on the scheme's delivery id when it has one
+/// (SPEC §10): a repeat of `X-GitHub-Delivery` is answered 200 +
+/// `X-Hookgate-Duplicate` without forwarding, a new id goes through.
+#[tokio::test]
+async fn replay_keys_on_the_delivery_id() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&two_routes(
+        upstream.addr,
+        "scheme = \"github\"\nreplay_window = \"1m\"",
+    ))
+    .await;
+    let body = br#"{"zen":"Design for failure."}"#;
+    let sig = format!("sha256={}", hex::encode(hmac256(SECRET_A.as_bytes(), &[body])));
+    let with_id = |id: &str| vec![h("X-Hub-Signature-256", sig.clone()), h("X-GitHub-Delivery", id)];
+    let first = raw(gw.addr, &request("/webhooks/a", &with_id("d-1"), body)).await.0;
+    assert_eq!(first.status, 201);
+    let again = raw(gw.addr, &request("/webhooks/a", &with_id("d-1"), body)).await.0;
+    assert_eq!((again.status, again.header("x-hookgate-duplicate")), (200, Some("true")));
+    let other = raw(gw.addr, &request("/webhooks/a", &with_id("d-2"), body)).await.0;
+    assert_eq!(other.status, 201);
+    assert_eq!(upstream.count(), 2);
+    gw.stop().await;
+}
