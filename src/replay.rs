@@ -439,8 +439,14 @@ mod tests {
         assert_eq!(format!("{:?}", k(1)), "ReplayKey(..)");
         // An id, a MAC and a timestamped MAC never share a key.
         assert_ne!(key("a", Verified::Id(&mac)), key("a", Verified::Mac(&mac)));
-        assert_ne!(key("a", Verified::MacAt(&mac, 1)), key("a", Verified::Mac(&mac)));
-        assert_ne!(key("a", Verified::MacAt(&mac, 1)), key("a", Verified::MacAt(&mac, 2)));
+        assert_ne!(
+            key("a", Verified::MacAt(&mac, 1)),
+            key("a", Verified::Mac(&mac))
+        );
+        assert_ne!(
+            key("a", Verified::MacAt(&mac, 1)),
+            key("a", Verified::MacAt(&mac, 2))
+        );
     }
 
     #[tokio::test]

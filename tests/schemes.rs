@@ -690,13 +690,30 @@ async fn replay_keys_on_the_delivery_id() {
     ))
     .await;
     let body = br#"{"zen":"Design for failure."}"#;
-    let sig = format!("sha256={}", hex::encode(hmac256(SECRET_A.as_bytes(), &[body])));
-    let with_id = |id: &str| vec![h("X-Hub-Signature-256", sig.clone()), h("X-GitHub-Delivery", id)];
-    let first = raw(gw.addr, &request("/webhooks/a", &with_id("d-1"), body)).await.0;
+    let sig = format!(
+        "sha256={}",
+        hex::encode(hmac256(SECRET_A.as_bytes(), &[body]))
+    );
+    let with_id = |id: &str| {
+        vec![
+            h("X-Hub-Signature-256", sig.clone()),
+            h("X-GitHub-Delivery", id),
+        ]
+    };
+    let first = raw(gw.addr, &request("/webhooks/a", &with_id("d-1"), body))
+        .await
+        .0;
     assert_eq!(first.status, 201);
-    let again = raw(gw.addr, &request("/webhooks/a", &with_id("d-1"), body)).await.0;
-    assert_eq!((again.status, again.header("x-hookgate-duplicate")), (200, Some("true")));
-    let other = raw(gw.addr, &request("/webhooks/a", &with_id("d-2"), body)).await.0;
+    let again = raw(gw.addr, &request("/webhooks/a", &with_id("d-1"), body))
+        .await
+        .0;
+    assert_eq!(
+        (again.status, again.header("x-hookgate-duplicate")),
+        (200, Some("true"))
+    );
+    let other = raw(gw.addr, &request("/webhooks/a", &with_id("d-2"), body))
+        .await
+        .0;
     assert_eq!(other.status, 201);
     assert_eq!(upstream.count(), 2);
     gw.stop().await;

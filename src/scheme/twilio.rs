@@ -6,6 +6,8 @@
 //! Form parameters are parsed from the frames already held, in place: the
 //! body is never concatenated.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::HeaderMap;
 
@@ -81,45 +83,86 @@ impl Context {
 }
 
 /// Form parameters, decoded, sorted by name then value, exact duplicates
-/// removed (as twilio-python's `compute_signature` does).
-fn sorted_params(frames: &[Bytes]) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// removed (as twilio-python's `compute_signature` does). Parameters are
+/// borrowed from the frames; only one split across two frames, or one
+/// with `%`/`+` escapes, is copied.
+fn sorted_params(frames: &[Bytes]) -> Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> {
     let mut params = Vec::new();
-    let mut key = Vec::new();
-    let mut value = Vec::new();
-    let mut in_value = false;
-    let mut bytes = frames.iter().flat_map(|f| f.iter().copied()).peekable();
-    let mut flush = |key: &mut Vec<u8>, value: &mut Vec<u8>, in_value: &mut bool| {
-        if !key.is_empty() || !value.is_empty() {
-            params.push((std::mem::take(key), std::mem::take(value)));
-        }
-        *in_value = false;
-    };
-    while let Some(b) = bytes.next() {
-        let out = if in_value { &mut value } else { &mut key };
-        match b {
-            b'&' => flush(&mut key, &mut value, &mut in_value),
-            b'=' if !in_value => in_value = true,
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = bytes.next();
-                let lo = bytes.next();
-                match (hi.and_then(hex_val), lo.and_then(hex_val)) {
-                    (Some(h), Some(l)) => out.push(h << 4 | l),
-                    // Not a valid escape: kept as is (Python's unquote_plus).
-                    _ => {
-                        out.push(b'%');
-                        out.extend(hi);
-                        out.extend(lo);
-                    }
-                }
+    // A parameter cut by a frame boundary, carried into the next frame.
+    let mut pending: Vec<u8> = Vec::new();
+    for frame in frames {
+        let mut pieces = frame.split(|b| *b == b'&').peekable();
+        while let Some(piece) = pieces.next() {
+            let last = pieces.peek().is_none();
+            if last {
+                // Not terminated by '&' in this frame: may continue.
+                pending.extend_from_slice(piece);
+                continue;
             }
-            other => out.push(other),
+            if pending.is_empty() {
+                push_param(&mut params, Cow::Borrowed(piece));
+            } else {
+                pending.extend_from_slice(piece);
+                push_param(&mut params, Cow::Owned(std::mem::take(&mut pending)));
+            }
         }
     }
-    flush(&mut key, &mut value, &mut in_value);
+    if !pending.is_empty() {
+        push_param(&mut params, Cow::Owned(pending));
+    }
     params.sort();
     params.dedup();
     params
+}
+
+type Param<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+fn push_param<'a>(params: &mut Vec<Param<'a>>, raw: Cow<'a, [u8]>) {
+    if raw.is_empty() {
+        return;
+    }
+    let (k, v) = match raw {
+        Cow::Borrowed(b) => match b.iter().position(|c| *c == b'=') {
+            Some(eq) => (Cow::Borrowed(&b[..eq]), Cow::Borrowed(&b[eq + 1..])),
+            None => (Cow::Borrowed(b), Cow::Borrowed(&b[..0])),
+        },
+        Cow::Owned(o) => match o.iter().position(|c| *c == b'=') {
+            Some(eq) => (
+                Cow::Owned(o[..eq].to_vec()),
+                Cow::Owned(o[eq + 1..].to_vec()),
+            ),
+            None => (Cow::Owned(o), Cow::Owned(Vec::new())),
+        },
+    };
+    params.push((unescape(k), unescape(v)));
+}
+
+/// `+` → space and `%XX` → byte; an invalid escape is kept as is (Python's
+/// `unquote_plus`). Borrowed when there is nothing to decode.
+fn unescape(text: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    if !text.iter().any(|b| matches!(b, b'%' | b'+')) {
+        return text;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = text.get(i + 1).copied().and_then(hex_val);
+                let lo = text.get(i + 2).copied().and_then(hex_val);
+                if let (Some(h), Some(l)) = (hi, lo) {
+                    out.push(h << 4 | l);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -139,7 +182,8 @@ pub(super) fn sign(mac: &super::MacKey, url: &str, body: &[u8]) -> Tag {
         .split_once('?')
         .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("bodySHA256=")));
     if !has_hash {
-        for (k, v) in sorted_params(&[Bytes::copy_from_slice(body)]) {
+        let frames = [Bytes::copy_from_slice(body)];
+        for (k, v) in sorted_params(&frames) {
             state.update(&k);
             state.update(&v);
         }
@@ -159,6 +203,10 @@ mod tests {
             Bytes::from_static(b"32&Digits=1&x=%zz"),
         ];
         let got = sorted_params(&frames);
+        let got: Vec<(Vec<u8>, Vec<u8>)> = got
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
         let want: Vec<(Vec<u8>, Vec<u8>)> = vec![
             (b"Caller".to_vec(), b"a b".to_vec()),
             (b"Digits".to_vec(), b"1".to_vec()),
