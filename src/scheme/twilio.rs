@@ -73,10 +73,7 @@ impl Context {
         }
         let params = sorted_params(frames);
         for state in states.iter_mut().flatten() {
-            for (k, v) in &params {
-                state.update(k);
-                state.update(v);
-            }
+            feed(state, &params);
         }
         Ok(())
     }
@@ -116,6 +113,28 @@ fn sorted_params(frames: &[Bytes]) -> Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> {
 }
 
 type Param<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+/// Feeds name, value, name, value... to `state` through a stack buffer:
+/// thousands of few-byte updates would cost more than the hashing.
+fn feed(state: &mut MacState, params: &[Param<'_>]) {
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    for (k, v) in params {
+        for part in [&k[..], &v[..]] {
+            if len + part.len() > buf.len() {
+                state.update(&buf[..len]);
+                len = 0;
+            }
+            if part.len() > buf.len() {
+                state.update(part);
+            } else {
+                buf[len..len + part.len()].copy_from_slice(part);
+                len += part.len();
+            }
+        }
+    }
+    state.update(&buf[..len]);
+}
 
 fn push_param<'a>(params: &mut Vec<Param<'a>>, raw: Cow<'a, [u8]>) {
     if raw.is_empty() {
@@ -183,10 +202,7 @@ pub(super) fn sign(mac: &super::MacKey, url: &str, body: &[u8]) -> Tag {
         .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("bodySHA256=")));
     if !has_hash {
         let frames = [Bytes::copy_from_slice(body)];
-        for (k, v) in sorted_params(&frames) {
-            state.update(&k);
-            state.update(&v);
-        }
+        feed(&mut state, &sorted_params(&frames));
     }
     state.finish()
 }
