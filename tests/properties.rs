@@ -14,9 +14,26 @@ use std::path::Path;
 use hookgate::config::{mask_userinfo, Config};
 use hookgate::headers::{self, Forwarding};
 use hookgate::proxy::valid_host;
-use hookgate::verify::{self, Key, Scheme, VerifyError};
+use hookgate::scheme::{self, presets, Algorithm, Field, Key, MacKey, SignatureCheck, VerifyError};
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
+
+fn adsumo_header() -> HeaderName {
+    HeaderName::from_static("x-adsumo-signature")
+}
+
+/// An Adsumo route's check with one key.
+fn adsumo(secret: &[u8]) -> SignatureCheck {
+    let scheme = presets::preset("adsumo").unwrap();
+    let key = Key::new(&scheme, "k".into(), secret, None, None).unwrap();
+    SignatureCheck::new(scheme, vec![key], None)
+}
+
+/// The header checks alone (what is decided before the body).
+fn begin(check: &SignatureCheck, map: &HeaderMap) -> Result<(), VerifyError> {
+    check.begin(map, None, 0).map(|_| ())
+}
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -42,13 +59,15 @@ proptest! {
     /// value is exactly 64 hex digits, and then decoded to those bytes.
     #[test]
     fn signature_parser_takes_any_bytes(value in proptest::collection::vec(any::<u8>(), 0..100)) {
+        let Ok(header) = HeaderValue::from_bytes(&value) else {
+            return Ok(()); // not a header value hyper would hand over
+        };
         let trimmed = value.trim_ascii();
         let want_ok = trimmed.len() == 64 && trimmed.iter().all(u8::is_ascii_hexdigit);
-        match verify::parse_signature(&value) {
-            Ok(mac) => {
-                prop_assert!(want_ok);
-                prop_assert_eq!(hex::encode(mac), String::from_utf8_lossy(trimmed).to_lowercase());
-            }
+        let mut map = HeaderMap::new();
+        map.insert(adsumo_header(), header);
+        match begin(&adsumo(b"k"), &map) {
+            Ok(()) => prop_assert!(want_ok),
             Err(e) => {
                 prop_assert!(!want_ok);
                 prop_assert!(matches!(e, VerifyError::WrongLength | VerifyError::NotHex));
@@ -56,28 +75,36 @@ proptest! {
         }
     }
 
-    /// Any MAC, hex in either case with surrounding blanks, round-trips.
+    /// Any body's MAC, hex in either case with surrounding blanks, verifies.
     #[test]
-    fn signature_round_trips(mac in any::<[u8; 32]>(), upper in any::<bool>(), pad in "[ \t]{0,3}") {
-        let hex = if upper { hex::encode_upper(mac) } else { hex::encode(mac) };
-        let value = format!("{pad}{hex}{pad}");
-        prop_assert_eq!(verify::parse_signature(value.as_bytes()), Ok(mac));
+    fn signature_round_trips(body in proptest::collection::vec(any::<u8>(), 0..64), upper in any::<bool>(), pad in "[ \t]{0,3}") {
+        let check = adsumo(b"k");
+        let mac = check.keys[0].mac().unwrap().sign(&body);
+        let hex = if upper { hex::encode_upper(mac.as_slice()) } else { hex::encode(mac.as_slice()) };
+        let mut map = HeaderMap::new();
+        map.insert(adsumo_header(), HeaderValue::from_str(&format!("{pad}{hex}{pad}")).unwrap());
+        prop_assert!(scheme::verify_whole(&check, &map, None, &body, 0).is_ok());
     }
 
     /// Header maps with 0–3 signature fields of arbitrary (valid) values:
     /// missing, duplicated or parsed, never a panic.
     #[test]
     fn signature_fields_any_count(values in proptest::collection::vec(proptest::collection::vec(0x20u8..0x7f, 0..80), 0..4)) {
-        let name = Scheme::Adsumo.header();
+        let check = adsumo(b"k");
+        let name = adsumo_header();
         let mut map = HeaderMap::new();
         for v in &values {
             map.append(&name, HeaderValue::from_bytes(v).unwrap());
         }
-        let got = verify::signature_from_headers(&map, &name);
+        let got = begin(&check, &map);
         match values.len() {
-            0 => prop_assert_eq!(got, Err(VerifyError::Missing)),
-            1 => prop_assert_eq!(got, verify::parse_signature(&values[0])),
-            _ => prop_assert_eq!(got, Err(VerifyError::Duplicated)),
+            0 => prop_assert_eq!(got, Err(VerifyError::Missing(Field::Signature))),
+            1 => {
+                let mut one = HeaderMap::new();
+                one.insert(&name, HeaderValue::from_bytes(&values[0]).unwrap());
+                prop_assert_eq!(got, begin(&check, &one));
+            }
+            _ => prop_assert_eq!(got, Err(VerifyError::Duplicated(Field::Signature))),
         }
     }
 }
@@ -100,30 +127,35 @@ proptest! {
         flip in any::<prop::sample::Index>(),
         bit in 0u8..8,
     ) {
-        let key = Key::new(&secret);
-        let ours = key.sign(&body);
+        let ours = MacKey::new(Algorithm::Sha256, &secret).unwrap().sign(&body);
         let theirs = aws_lc_rs::hmac::sign(
             &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret),
             &body,
         );
-        prop_assert_eq!(hex::encode(ours), hex::encode(theirs.as_ref()));
+        prop_assert_eq!(hex::encode(ours.as_slice()), hex::encode(theirs.as_ref()));
 
+        let check = adsumo(&secret);
+        let mut map = HeaderMap::new();
+        map.insert(adsumo_header(), HeaderValue::from_str(&hex::encode(ours.as_slice())).unwrap());
         let mut points: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
         points.sort_unstable();
-        let mut verifier = key.verifier();
+        let mut verifier = check.begin(&map, None, 0).unwrap();
+        let mut frames = Vec::new();
         let mut from = 0;
         for p in points.into_iter().chain([body.len()]) {
             verifier.update(&body[from..p]);
+            frames.push(bytes::Bytes::copy_from_slice(&body[from..p]));
             from = p;
         }
-        prop_assert_eq!(verifier.finish(&ours), Ok(()));
+        prop_assert!(verifier.finish(&frames).is_ok());
 
         if !body.is_empty() {
             let mut tampered = body.clone();
             tampered[flip.index(body.len())] ^= 1 << bit;
-            let mut verifier = key.verifier();
-            verifier.update(&tampered);
-            prop_assert_eq!(verifier.finish(&ours), Err(VerifyError::Mismatch));
+            prop_assert_eq!(
+                scheme::verify_whole(&check, &map, None, &tampered, 0),
+                Err(VerifyError::Mismatch)
+            );
         }
     }
 }
@@ -213,7 +245,7 @@ proptest! {
         for (n, v) in &fields {
             map.append(n, v.clone());
         }
-        let signature = Scheme::Adsumo.header();
+        let signature = adsumo_header();
         let sent_sig: Vec<HeaderValue> = map.get_all(&signature).iter().cloned().collect();
         let lookalike = headers::has_lookalike(&map, std::slice::from_ref(&signature));
         prop_assert_eq!(
@@ -222,7 +254,7 @@ proptest! {
         );
         let out = headers::upstream_request_headers(
             map,
-            &signature,
+            std::slice::from_ref(&signature),
             Some(Forwarding {
                 peer: HeaderValue::from_static("192.0.2.7"),
                 trusted,
@@ -282,7 +314,7 @@ proptest! {
         }
         let mut map = HeaderMap::new();
         map.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("v"));
-        prop_assert_eq!(headers::has_lookalike(&map, &[Scheme::Adsumo.header()]), mask != 0);
+        prop_assert_eq!(headers::has_lookalike(&map, &[adsumo_header()]), mask != 0);
     }
 }
 

@@ -83,7 +83,7 @@ impl Context {
 /// removed (as twilio-python's `compute_signature` does). Parameters are
 /// borrowed from the frames; only one split across two frames, or one
 /// with `%`/`+` escapes, is copied.
-fn sorted_params(frames: &[Bytes]) -> Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> {
+fn sorted_params(frames: &[Bytes]) -> Vec<Param<'_>> {
     let mut params = Vec::new();
     // A parameter cut by a frame boundary, carried into the next frame.
     let mut pending: Vec<u8> = Vec::new();
