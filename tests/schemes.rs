@@ -718,3 +718,31 @@ async fn replay_keys_on_the_delivery_id() {
     assert_eq!(upstream.count(), 2);
     gw.stop().await;
 }
+
+/// The look-alike refusal (`_` for `-`) covers every header the scheme
+/// reads, not only the signature: a `Stripe_Signature` or an
+/// `X_Slack_Request_Timestamp` next to the real fields is 400, unread.
+#[tokio::test]
+async fn lookalikes_of_every_scheme_header_are_refused() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = Gateway::start(&two_routes(upstream.addr, "scheme = \"slack\"")).await;
+    let body = b"token=x";
+    let t = now().to_string();
+    let mac = hmac256(SECRET_A.as_bytes(), &[b"v0:", t.as_bytes(), b":", body]);
+    let good = vec![
+        h("X-Slack-Request-Timestamp", t.clone()),
+        h("X-Slack-Signature", format!("v0={}", hex::encode(mac))),
+    ];
+    assert_eq!(send(gw.addr, "/webhooks/a", &good, body).await, 201);
+    for extra in ["X_Slack_Request_Timestamp", "x_slack-signature"] {
+        let mut headers = good.clone();
+        headers.push(h(extra, t.clone()));
+        assert_eq!(
+            send(gw.addr, "/webhooks/a", &headers, body).await,
+            400,
+            "{extra}"
+        );
+    }
+    assert_eq!(upstream.count(), 1);
+    gw.stop().await;
+}
