@@ -555,6 +555,21 @@ fn every_preset_rejects_the_bad_inputs() {
                 run_owned(&c, &signed(&c, body, NOW - tol), body, NOW).is_ok(),
                 "{p}: edge of tolerance"
             );
+            // Unparsable: in its own header, or inside the signature header.
+            let ts_text = match c.scheme.timestamp {
+                Some(TimestampFormat::Rfc3339) => timestamp::format(NOW),
+                _ => NOW.to_string(),
+            };
+            let garbled: Vec<(String, String)> = good
+                .iter()
+                .map(|(n, v)| (n.clone(), v.replacen(&ts_text, "soon", 1)))
+                .collect();
+            assert_ne!(garbled, good, "{p}: timestamp found");
+            assert_eq!(
+                run_owned(&c, &garbled, body, NOW),
+                Err(VerifyError::TimestampUnparsable),
+                "{p}: unparsable"
+            );
         }
     }
 }
