@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -15,18 +15,26 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::metrics::{Metrics, CONTENT_TYPE};
+use crate::spool::Health;
 
 /// Whether the gateway is ready for traffic: config loaded and listeners
-/// bound, and not draining.
+/// bound, not draining, and the spool (if any) writable.
 #[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness {
+    ready: AtomicBool,
+    spool: OnceLock<Arc<Health>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.ready.store(ready, Ordering::Release);
+    }
+    /// Also answer "not ready" while the spool cannot be written (SPEC §8).
+    pub fn watch_spool(&self, health: Arc<Health>) {
+        let _ = self.spool.set(health);
     }
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.spool.get().is_some_and(|h| h.is_failing())
     }
 }
 

@@ -27,8 +27,9 @@ pub enum BodyError {
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The received body as the frames it arrived in.
-#[derive(Debug, Default)]
+/// The received body as the frames it arrived in. Cloning shares the
+/// buffers (reference counts), it copies no byte.
+#[derive(Debug, Default, Clone)]
 pub struct Frames {
     bufs: Vec<Bytes>,
     len: u64,
@@ -50,6 +51,28 @@ impl Frames {
     /// The frames, for the schemes that cannot hash as they arrive.
     pub fn bufs(&self) -> &[Bytes] {
         &self.bufs
+    }
+
+    /// One buffer as a body (a spooled request being delivered again).
+    pub fn from_bytes(bytes: Bytes) -> Frames {
+        let len = bytes.len() as u64;
+        Frames {
+            bufs: if bytes.is_empty() {
+                vec![]
+            } else {
+                vec![bytes]
+            },
+            len,
+        }
+    }
+
+    /// The body as one contiguous buffer (what the spool stores).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        for b in &self.bufs {
+            out.extend_from_slice(b);
+        }
+        out
     }
 
     /// A request body that yields these same buffers, in order.

@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `sign`, `verify` (SPEC §4, §9).
+//! Command line: `run`, `check`, `sign`, `verify` (SPEC §4, §9), `spool` (SPEC §8).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -21,6 +21,9 @@ use crate::proxy::Proxy;
 use crate::scheme::{self, presets, timestamp, Field, Key, SignatureCheck, VerifyError};
 use crate::secret::{Environment, ProcessEnv};
 use crate::server;
+use crate::spool::cli::SpoolCommand;
+use crate::spool::sqlite::SqliteStore;
+use crate::spool::{worker, Spool};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -115,6 +118,11 @@ pub enum Command {
         /// File holding the body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
+    /// Inspect and replay the spool (works while the gateway runs).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
 }
 
 /// Runs a parsed command line; errors are printed here, one per line.
@@ -191,6 +199,7 @@ pub fn run(cli: Cli) -> ExitCode {
             file,
         ),
         Command::Run { config } => serve(&config),
+        Command::Spool { command } => crate::spool::cli::run(command),
     }
 }
 
@@ -532,8 +541,30 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
     metrics.config_loaded(true);
     let routes = config.routes.len();
     let tls = config.server.tls.is_some();
-    let proxy = Arc::new(Proxy::new(config, metrics.clone()));
+    let shutdown_timeout = config.server.shutdown_timeout;
+    // A spool that cannot be opened (corrupt, another version's, not a
+    // spool) stops the start: it is never replaced.
+    let store = match &config.spool {
+        Some(s) => Some(Arc::new(
+            SqliteStore::open(&s.path, s.max_bytes, true).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    let spool = store.clone().map(|s| Arc::new(Spool::new(s)));
+    let proxy = Arc::new(Proxy::with_spool(config, metrics.clone(), spool.clone()));
     let ready = Arc::new(Readiness::default());
+    let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
+    let mut background = Vec::new();
+    let mut redelivery = None;
+    if let Some(spool) = &spool {
+        ready.watch_spool(spool.health.clone());
+        redelivery = Some(tokio::spawn(worker::run(
+            proxy.clone(),
+            spool.clone(),
+            worker_stop,
+        )));
+        background.push(tokio::spawn(worker::gauges(proxy.clone(), spool.clone())));
+    }
     let admin = tokio::spawn(admin::serve(admin_listener, metrics.clone(), ready.clone()));
     let env: Arc<dyn crate::secret::Environment + Send + Sync> = Arc::new(ProcessEnv);
     let reloader = tokio::spawn(lifecycle::reload_on_sighup(
@@ -562,9 +593,38 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
             stop.recv().await;
             ready.set(false);
             lifecycle::notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+            // Redeliveries drain alongside the requests in flight.
+            let _ = stop_worker.send(true);
         }
     };
     server::serve(listener, proxy, shutdown).await;
+    if let Some(redelivery) = redelivery {
+        // The worker bounds its own drain by shutdown_timeout; this bound
+        // only guards against a worker that does not return.
+        let _ = tokio::time::timeout(
+            shutdown_timeout + std::time::Duration::from_secs(1),
+            redelivery,
+        )
+        .await;
+    }
+    for task in background {
+        task.abort();
+    }
+    if let Some(store) = store {
+        // Off the runtime: joining the writer thread blocks.
+        let _ = tokio::task::spawn_blocking(move || {
+            store.close();
+            let s = &store.commit_stats;
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            tracing::info!(
+                commits = s.commits.load(relaxed),
+                writes = s.jobs.load(relaxed),
+                max_batch = s.max_batch.load(relaxed),
+                "spool closed"
+            );
+        })
+        .await;
+    }
     reloader.abort();
     watchdog.abort();
     expiry.abort();

@@ -45,6 +45,21 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// Secrets shorter than this are warned about (Standard Webhooks asks for
 /// at least 24 random bytes; 16 is the floor below which we speak up).
 const MIN_SECRET_BYTES: usize = 16;
+const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+const DEFAULT_SPOOL_RETRY: [u64; 10] = [
+    10,
+    60,
+    5 * 60,
+    15 * 60,
+    3600,
+    2 * 3600,
+    4 * 3600,
+    8 * 3600,
+    12 * 3600,
+    24 * 3600,
+];
+const DEFAULT_SPOOL_MAX_AGE: Duration = Duration::from_secs(72 * 3600);
+const DEFAULT_REDELIVERY_CONCURRENCY: usize = 4;
 
 // ---------------------------------------------------------------------------
 // Raw form: exactly what the file says.
@@ -56,8 +71,27 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     limits: RawLimits,
+    spool: Option<Spanned<RawSpool>>,
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    path: Spanned<PathBuf>,
+    max_bytes: Option<Spanned<RawSize>>,
+    retry: Option<Spanned<Vec<String>>>,
+    max_age: Option<Spanned<String>>,
+    redelivery_concurrency: Option<Spanned<u64>>,
+}
+
+/// A byte size: a plain integer or a string with a unit ("64MiB").
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -113,6 +147,7 @@ struct RawRoute {
     request_timeout: Option<Spanned<String>>,
     upstream_timeout: Option<Spanned<String>>,
     replay_window: Option<Spanned<String>>,
+    delivery: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -126,6 +161,8 @@ pub struct Config {
     pub server: Server,
     pub admin: Admin,
     pub limits: Limits,
+    /// `[spool]` (SPEC §8); `None`: every route is `sync`.
+    pub spool: Option<Spool>,
     /// May be empty (the packaged default config): every request then gets
     /// 404, like a web server with no site configured.
     pub routes: Vec<Arc<Route>>,
@@ -134,6 +171,55 @@ pub struct Config {
     /// its route. `check` prints them (and fails with `--strict`), `run`
     /// and reload log them.
     pub warnings: Vec<Problem>,
+}
+
+/// `[spool]`: where undeliverable webhooks are kept and how they are retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spool {
+    /// The SQLite file, as written (relative to the working directory).
+    pub path: PathBuf,
+    /// Stored bytes (headers + bodies, pending + dead) beyond which writes get 503.
+    pub max_bytes: u64,
+    /// Delay after each failed attempt (before jitter); never empty.
+    pub retry: Vec<Duration>,
+    /// Undelivered after this long: dead.
+    pub max_age: Duration,
+    /// Deliveries in flight per route once its upstream answers again.
+    pub redelivery_concurrency: usize,
+}
+
+impl Spool {
+    /// The largest step of the schedule: the cap for `Retry-After`.
+    pub fn largest_step(&self) -> Duration {
+        self.retry.iter().copied().max().unwrap_or(Duration::ZERO)
+    }
+}
+
+/// `route.delivery` (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Forward and relay; nothing is kept.
+    Sync,
+    /// Forward; keep the request and answer 202 when the upstream fails.
+    OnFailure,
+    /// Keep the request, answer 202, let the redelivery worker forward it.
+    Always,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Sync => "sync",
+            Delivery::OnFailure => "on_failure",
+            Delivery::Always => "always",
+        }
+    }
+
+    /// Whether requests of this route may end up in the spool (and so carry
+    /// `X-Hookgate-Delivery` on every attempt).
+    pub fn spooled(self) -> bool {
+        !matches!(self, Delivery::Sync)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +298,7 @@ pub struct Route {
     pub upstream_timeout: Duration,
     /// `Some`: each delivery is forwarded once within this window (SPEC §10).
     pub replay_window: Option<Duration>,
+    pub delivery: Delivery,
 }
 
 // ---------------------------------------------------------------------------
@@ -444,6 +531,8 @@ fn build(
         replay_max_entries,
     };
 
+    let spool = raw.spool.map(|s| build_spool(s, r));
+
     let mut names: HashMap<String, Range<usize>> = HashMap::new();
     let mut places: HashSet<(Option<String>, String)> = HashSet::new();
     let mut routes = Vec::new();
@@ -463,7 +552,15 @@ fn build(
         } else {
             names.insert(name.clone(), raw_route.name.span());
         }
-        if let Some(route) = build_route(raw_route, routes.len(), &limits, env, &mut secrets, r) {
+        if let Some(route) = build_route(
+            raw_route,
+            routes.len(),
+            &limits,
+            spool.is_some(),
+            env,
+            &mut secrets,
+            r,
+        ) {
             if !places.insert((route.host.clone(), route.path.clone())) {
                 let host = route.host.as_deref().unwrap_or("any host");
                 r.add(
@@ -490,15 +587,121 @@ fn build(
             listen: admin_listen?,
         },
         limits,
+        spool: match spool {
+            Some(s) => Some(s?),
+            None => None,
+        },
         routes,
         warnings: Vec::new(),
     })
+}
+
+fn build_spool(raw: Spanned<RawSpool>, r: &mut Report<'_>) -> Option<Spool> {
+    let raw = raw.into_inner();
+    let before = r.problems.len();
+    let path = raw.path.get_ref().clone();
+    if path.as_os_str().is_empty() {
+        r.add(
+            raw.path.span(),
+            "spool.path is empty; write a file name, e.g. \"hookgate-spool.db\"",
+        );
+    }
+    let max_bytes = match &raw.max_bytes {
+        None => DEFAULT_SPOOL_MAX_BYTES,
+        Some(v) => {
+            let parsed = match v.get_ref() {
+                RawSize::Bytes(n) => Some(*n),
+                RawSize::Text(t) => parse_size(t),
+            };
+            match parsed {
+                Some(n) if n > 0 => n,
+                _ => {
+                    r.add(
+                        v.span(),
+                        "spool.max_bytes must be a positive size, e.g. \"1GiB\", \"512MiB\" or a number of bytes",
+                    );
+                    DEFAULT_SPOOL_MAX_BYTES
+                }
+            }
+        }
+    };
+    let retry = match &raw.retry {
+        None => DEFAULT_SPOOL_RETRY
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                r.add(
+                    list.span(),
+                    "spool.retry is empty; list at least one delay, e.g. [\"10s\", \"1m\"]",
+                );
+            }
+            let mut out = Vec::new();
+            for step in list.get_ref() {
+                match humantime::parse_duration(step) {
+                    Ok(d) if !d.is_zero() => out.push(d),
+                    _ => r.add(
+                        list.span(),
+                        format!("spool.retry: {step:?} is not a positive duration; write e.g. \"10s\", \"5m\", \"1h\""),
+                    ),
+                }
+            }
+            out
+        }
+    };
+    let max_age = duration(
+        raw.max_age.as_ref(),
+        "spool.max_age",
+        DEFAULT_SPOOL_MAX_AGE,
+        r,
+    );
+    let redelivery_concurrency = match &raw.redelivery_concurrency {
+        None => DEFAULT_REDELIVERY_CONCURRENCY,
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1024 => {
+            r.add(
+                v.span(),
+                "spool.redelivery_concurrency must be between 1 and 1024",
+            );
+            DEFAULT_REDELIVERY_CONCURRENCY
+        }
+        Some(v) => usize::try_from(*v.get_ref()).unwrap_or(DEFAULT_REDELIVERY_CONCURRENCY),
+    };
+    (r.problems.len() == before).then_some(Spool {
+        path,
+        max_bytes,
+        retry,
+        max_age,
+        redelivery_concurrency,
+    })
+}
+
+/// Parses "1GiB", "512MiB", "64KiB", "10MB", "1000B" or "1000".
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 fn build_route(
     raw: RawRoute,
     index: usize,
     limits: &Limits,
+    has_spool: bool,
     env: &dyn Environment,
     secrets: &mut Vec<(String, Secret)>,
     r: &mut Report<'_>,
@@ -642,6 +845,35 @@ fn build_route(
             r,
         )
     });
+    let delivery = match &raw.delivery {
+        None if has_spool => Delivery::OnFailure,
+        None => Delivery::Sync,
+        Some(d) => {
+            let parsed = match d.get_ref().as_str() {
+                "sync" => Some(Delivery::Sync),
+                "on_failure" => Some(Delivery::OnFailure),
+                "always" => Some(Delivery::Always),
+                _ => None,
+            };
+            match parsed {
+                None => {
+                    r.add(
+                        d.span(),
+                        format!("{route_ctx}: delivery {:?} is not one of \"sync\", \"on_failure\", \"always\"", d.get_ref()),
+                    );
+                    Delivery::Sync
+                }
+                Some(p) if p.spooled() && !has_spool => {
+                    r.add(
+                        d.span(),
+                        format!("{route_ctx}: delivery = {:?} needs a [spool] section to keep requests in; add [spool] with path = \"hookgate-spool.db\", or set delivery = \"sync\"", p.as_str()),
+                    );
+                    Delivery::Sync
+                }
+                Some(p) => p,
+            }
+        }
+    };
 
     if r.problems.len() != before {
         return None;
@@ -662,6 +894,7 @@ fn build_route(
         request_timeout,
         upstream_timeout,
         replay_window,
+        delivery,
     })
 }
 
@@ -1035,6 +1268,47 @@ secret = { env = "S" }
         assert!(parse_upstream("https://h").is_err());
         assert!(parse_upstream("http://h/x?q=1").is_err());
         assert!(parse_upstream("h:1").is_err());
+    }
+
+    #[test]
+    fn spool_defaults_and_delivery() {
+        let c = Config::from_toml_str(MINIMAL, Path::new("t.toml"), &env()).unwrap();
+        assert!(c.spool.is_none());
+        assert_eq!(c.routes[0].delivery, Delivery::Sync);
+        let text = format!("{MINIMAL}\n[spool]\npath = \"s.db\"\n");
+        let c = Config::from_toml_str(&text, Path::new("t.toml"), &env()).unwrap();
+        let s = c.spool.unwrap();
+        assert_eq!(s.max_bytes, 1 << 30);
+        assert_eq!(s.retry.len(), 10);
+        assert_eq!(s.largest_step(), Duration::from_secs(24 * 3600));
+        assert_eq!(s.max_age, Duration::from_secs(72 * 3600));
+        assert_eq!(s.redelivery_concurrency, 4);
+        assert_eq!(c.routes[0].delivery, Delivery::OnFailure);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("64 KiB"), Some(64 << 10));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("1 GB!"), None);
+        assert_eq!(parse_size("GiB"), None);
+    }
+
+    #[test]
+    fn spooled_delivery_without_spool_names_route_and_line() {
+        let text = MINIMAL.replace(
+            "secret = { env = \"S\" }",
+            "secret = { env = \"S\" }\ndelivery = \"always\"",
+        );
+        let err = Config::from_toml_str(&text, Path::new("t.toml"), &env()).unwrap_err();
+        let p = err.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("t.toml:10:12: route \"a\": delivery = \"always\" needs a [spool]"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`;
 //! - [`replay`]: the replay defence of routes with `replay_window` (a
 //!   delivery is forwarded once; repeats are answered by the gateway);
-//! - [`upstream`]: keep-alive connection pools per upstream origin.
+//! - [`upstream`]: keep-alive connection pools per upstream origin;
+//! - [`spool`]: on spooled routes (SPEC §8), the durable store of requests
+//!   the upstream could not take, their redelivery worker and the `spool` CLI.
 //!
 //! Around it: [`config`] (TOML → validated config with prepared keys),
 //! [`secret`] (env/file/credential secrets that never print), [`metrics`]
@@ -47,6 +49,7 @@ pub mod secret;
 pub mod send_timeout;
 pub mod server;
 pub mod sniff;
+pub mod spool;
 pub mod streams;
 pub mod tls;
 pub mod upstream;

@@ -51,6 +51,8 @@ pub enum ReloadError {
         "[server.tls] was {0} and is now {1}; switching between TLS and plain HTTP needs a restart"
     )]
     TlsToggled(&'static str, &'static str),
+    #[error("spool.path changed from {0} to {1}; the spool file cannot change on reload, restart hookgate to apply it")]
+    SpoolChanged(String, String),
 }
 
 /// Loads `path` and, if it is valid and compatible with the running
@@ -82,6 +84,14 @@ pub fn reload(proxy: &Proxy, path: &Path, env: &dyn Environment) -> Result<usize
     };
     if o.server.tls.is_some() != n.server.tls.is_some() {
         return Err(ReloadError::TlsToggled(tls_word(o), tls_word(n)));
+    }
+    let spool_path = |c: &Config| {
+        c.spool
+            .as_ref()
+            .map_or("(no [spool])".to_string(), |s| format!("{:?}", s.path))
+    };
+    if o.spool.as_ref().map(|s| &s.path) != n.spool.as_ref().map(|s| &s.path) {
+        return Err(ReloadError::SpoolChanged(spool_path(o), spool_path(n)));
     }
     if o.limits.max_connections != n.limits.max_connections {
         tracing::warn!("limits.max_connections changed; the new value applies after a restart");

@@ -47,6 +47,18 @@ struct RouteCode {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteState {
+    route: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteResult {
+    route: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -100,6 +112,26 @@ pub struct Metrics {
     /// The expiry series now exposed, so a reload can drop it when the path
     /// changes.
     cert_in_service: std::sync::Mutex<Option<CertLabel>>,
+    spool_messages: Family<RouteState, Gauge>,
+    spool_writes: Family<RouteResult, Counter>,
+    redeliveries: Family<RouteResult, Counter>,
+    spool_oldest_age: Family<RouteLabel, Gauge<f64, AtomicU64>>,
+    pub spool_bytes: Gauge,
+    pub spool_capacity: Gauge,
+}
+
+/// One spooled route's spool series (SPEC §8), resolved at config load.
+#[derive(Clone, Debug)]
+pub struct SpoolRouteMetrics {
+    pub pending: Gauge,
+    pub dead: Gauge,
+    pub writes_ok: Counter,
+    pub writes_full: Counter,
+    pub writes_error: Counter,
+    pub redeliveries_delivered: Counter,
+    pub redeliveries_retry: Counter,
+    pub redeliveries_dead: Counter,
+    pub oldest_pending_age: Gauge<f64, AtomicU64>,
 }
 
 /// One route's handles, resolved at config load.
@@ -251,6 +283,43 @@ impl Metrics {
             replay_evictions.clone(),
         );
 
+        let spool_messages = Family::<RouteState, Gauge>::default();
+        registry.register(
+            "hookgate_spool_messages",
+            "Spooled requests by route and state (pending, dead)",
+            spool_messages.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register(
+            "hookgate_spool_bytes",
+            "Bytes stored in the spool (headers and bodies, pending and dead)",
+            spool_bytes.clone(),
+        );
+        let spool_capacity = Gauge::default();
+        registry.register(
+            "hookgate_spool_capacity_bytes",
+            "spool.max_bytes: stored bytes beyond which new requests get 503",
+            spool_capacity.clone(),
+        );
+        let spool_writes = Family::<RouteResult, Counter>::default();
+        registry.register(
+            "hookgate_spool_writes",
+            "Requests written to the spool, by route and result (ok, full, error)",
+            spool_writes.clone(),
+        );
+        let redeliveries = Family::<RouteResult, Counter>::default();
+        registry.register(
+            "hookgate_redeliveries",
+            "Redelivery attempts from the spool, by route and result (delivered, retry, dead)",
+            redeliveries.clone(),
+        );
+        let spool_oldest_age = Family::<RouteLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "hookgate_spool_oldest_pending_age_seconds",
+            "Age of the oldest pending spooled request per route (0 when none)",
+            spool_oldest_age.clone(),
+        );
+
         Metrics {
             registry,
             requests,
@@ -269,6 +338,37 @@ impl Metrics {
             replay_evictions,
             cert_expiry,
             cert_in_service: std::sync::Mutex::new(None),
+            spool_messages,
+            spool_writes,
+            redeliveries,
+            spool_oldest_age,
+            spool_bytes,
+            spool_capacity,
+        }
+    }
+
+    /// Resolves (creating at zero) the spool series of one spooled route.
+    pub fn spool_route(&self, name: &str) -> SpoolRouteMetrics {
+        let state = |state| RouteState {
+            route: name.to_string(),
+            state,
+        };
+        let result = |result| RouteResult {
+            route: name.to_string(),
+            result,
+        };
+        SpoolRouteMetrics {
+            pending: self.spool_messages.get_or_create_owned(&state("pending")),
+            dead: self.spool_messages.get_or_create_owned(&state("dead")),
+            writes_ok: self.spool_writes.get_or_create_owned(&result("ok")),
+            writes_full: self.spool_writes.get_or_create_owned(&result("full")),
+            writes_error: self.spool_writes.get_or_create_owned(&result("error")),
+            redeliveries_delivered: self.redeliveries.get_or_create_owned(&result("delivered")),
+            redeliveries_retry: self.redeliveries.get_or_create_owned(&result("retry")),
+            redeliveries_dead: self.redeliveries.get_or_create_owned(&result("dead")),
+            oldest_pending_age: self.spool_oldest_age.get_or_create_owned(&RouteLabel {
+                route: name.to_string(),
+            }),
         }
     }
 

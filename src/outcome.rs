@@ -21,6 +21,15 @@ pub enum Outcome {
     Timeout,
     UpstreamError,
     UpstreamTimeout,
+    /// 202 after a failed or skipped (circuit open) synchronous try: kept in
+    /// the spool (SPEC §8).
+    Spooled,
+    /// 202 on a `delivery = "always"` route: kept in the spool.
+    Queued,
+    /// 503: the spool is at `max_bytes`.
+    SpoolFull,
+    /// 503: the spool could not be written (disk full, I/O error).
+    SpoolError,
     /// Malformed request on a matched route (Host, framing). Not in SPEC §6's
     /// list, which has no row for it; kept separate rather than hidden.
     BadRequest,
@@ -35,7 +44,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome a matched route can have (all but `Unmatched`).
-    pub const ROUTED: [Outcome; 13] = [
+    pub const ROUTED: [Outcome; 17] = [
         Outcome::Forwarded,
         Outcome::SignatureMissing,
         Outcome::SignatureInvalid,
@@ -46,6 +55,10 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
+        Outcome::Spooled,
+        Outcome::Queued,
+        Outcome::SpoolFull,
+        Outcome::SpoolError,
         Outcome::BadRequest,
         Outcome::Duplicate,
         Outcome::DuplicateInFlight,
@@ -63,6 +76,10 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::Spooled => "spooled",
+            Outcome::Queued => "queued",
+            Outcome::SpoolFull => "spool_full",
+            Outcome::SpoolError => "spool_error",
             Outcome::BadRequest => "bad_request",
             Outcome::Duplicate => "duplicate",
             Outcome::DuplicateInFlight => "duplicate_in_flight",

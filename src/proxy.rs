@@ -7,6 +7,9 @@
 //! the response. In shadow mode (`enforce = false`) a failed signature
 //! check is logged and counted, and the request goes on (never recorded
 //! for replay).
+//! On a spooled route (SPEC §8) the request is kept instead of forwarded
+//! (`always`, or while the route's circuit is open), or after the forward
+//! failed (`on_failure`), and answered 202 once durable.
 //!
 //! Every step returns `Result<_, ProxyError>`; only [`Proxy::handle`] turns an
 //! error into a status, an outcome and a log line, through the one exhaustive
@@ -28,13 +31,14 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{self, BodyError};
-use crate::config::{Config, Route};
+use crate::config::{Config, Delivery, Route};
 use crate::headers::{self, Forwarding};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics, SpoolRouteMetrics};
 pub use crate::outcome::Outcome;
 use crate::replay::{self, Claim, MemoryStore, Repeat, Verified};
 use crate::route::RouteTable;
 use crate::scheme::{self, Field, VerifyError};
+use crate::spool::{self, Circuit, NewRecord, Note, Spool, StoreError};
 use crate::upstream::{Lease, Pool, UpstreamError, Upstreams};
 
 /// Why the gateway answered a request itself.
@@ -68,6 +72,10 @@ pub enum ProxyError {
     /// in [`ProxyError::classify`] and [`synthetic`].
     #[error(transparent)]
     Repeat(Repeat),
+    #[error("spool is at max_bytes")]
+    SpoolFull,
+    #[error(transparent)]
+    Spool(StoreError),
 }
 
 impl ProxyError {
@@ -120,6 +128,8 @@ impl ProxyError {
             ProxyError::Repeat(Repeat::InFlight) => {
                 (StatusCode::CONFLICT, Outcome::DuplicateInFlight)
             }
+            ProxyError::SpoolFull => (StatusCode::SERVICE_UNAVAILABLE, Outcome::SpoolFull),
+            ProxyError::Spool(_) => (StatusCode::SERVICE_UNAVAILABLE, Outcome::SpoolError),
         }
     }
 }
@@ -134,6 +144,9 @@ pub struct State {
     route_metrics: Vec<RouteMetrics>,
     /// Per-route upstream pools, indexed by [`Route::index`].
     route_pools: Vec<Arc<Pool>>,
+    /// Per-route spool series and circuit, for spooled routes when the
+    /// gateway has a spool; indexed by [`Route::index`].
+    route_spool: Vec<Option<(SpoolRouteMetrics, Arc<Circuit>)>>,
 }
 
 impl State {
@@ -141,7 +154,12 @@ impl State {
     /// and upstream pools (shared with earlier states, so a reload keeps
     /// both the counters and the keep-alive connections). Publishes the
     /// certificate's expiry, since this state is about to be served.
-    pub fn new(config: Config, metrics: &Metrics, upstreams: &Upstreams) -> State {
+    pub fn new(
+        config: Config,
+        metrics: &Metrics,
+        upstreams: &Upstreams,
+        spool: Option<&Spool>,
+    ) -> State {
         let routes = RouteTable::new(&config.routes);
         metrics.tls_certificate(
             config
@@ -163,23 +181,43 @@ impl State {
             .iter()
             .map(|r| upstreams.pool(&r.upstream.authority))
             .collect();
+        let route_spool = config
+            .routes
+            .iter()
+            .map(|r| {
+                let spool = spool.filter(|_| r.delivery.spooled())?;
+                Some((metrics.spool_route(&r.name), spool.circuit(&r.name)))
+            })
+            .collect();
         State {
             config,
             routes,
             route_metrics,
             route_pools,
+            route_spool,
         }
     }
 
     /// The upstream pool of a route of this state. Routes and pools are
     /// built from the same list, so the index is always in range.
-    fn pool(&self, route: &Route) -> &Arc<Pool> {
+    pub(crate) fn pool(&self, route: &Route) -> &Arc<Pool> {
         &self.route_pools[route.index]
     }
 
     /// The metric handles of a route of this state.
     fn route_metrics(&self, route: &Route) -> Option<&RouteMetrics> {
         self.route_metrics.get(route.index)
+    }
+
+    /// A spooled route's spool series (`None` for a `sync` route).
+    pub fn spool_metrics(&self, route: &Route) -> Option<&SpoolRouteMetrics> {
+        self.route_spool.get(route.index)?.as_ref().map(|(m, _)| m)
+    }
+
+    /// A spooled route's metrics and circuit (`None` for a `sync` route or
+    /// without a spool).
+    fn spooled(&self, route: &Route) -> Option<&(SpoolRouteMetrics, Arc<Circuit>)> {
+        self.route_spool.get(route.index)?.as_ref()
     }
 }
 
@@ -219,6 +257,24 @@ pub struct Proxy {
     /// Deliveries already handed over, for routes with `replay_window`.
     /// Outlives reloads, like the pools: keys carry the route's name.
     replay: MemoryStore,
+    spool: Option<Arc<Spool>>,
+}
+
+/// What the request path produced: the upstream's response to relay, or a
+/// 202 for a request now durable in the spool.
+enum Reply {
+    Upstream(Response<Incoming>),
+    Accepted(String),
+}
+
+/// A spooled route's request as it is sent upstream: what the spool keeps
+/// if that send fails (buffers shared, not copied).
+struct Kept {
+    id: String,
+    method: Method,
+    target: String,
+    headers: http::HeaderMap,
+    frames: body::Frames,
 }
 
 /// What is known about a request as it moves along the path. It travels
@@ -306,21 +362,32 @@ impl Exchange {
 }
 
 impl Proxy {
-    /// A proxy serving `config`.
+    /// A proxy serving `config` without a spool (every route `sync`).
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Proxy {
+        Proxy::with_spool(config, metrics, None)
+    }
+
+    /// A proxy serving `config`, keeping the requests of spooled routes in
+    /// `spool`.
+    pub fn with_spool(config: Config, metrics: Arc<Metrics>, spool: Option<Arc<Spool>>) -> Proxy {
         let upstreams = Upstreams::default();
         let replay = MemoryStore::new(
             config.limits.replay_max_entries,
             metrics.replay_entries.clone(),
             metrics.replay_evictions.clone(),
         );
-        let state = State::new(config, &metrics, &upstreams);
+        let state = State::new(config, &metrics, &upstreams, spool.as_deref());
         Proxy {
             state: ArcSwap::from_pointee(state),
             upstreams,
             metrics,
             replay,
+            spool,
         }
+    }
+
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.as_ref()
     }
 
     /// The current configuration snapshot.
@@ -333,7 +400,15 @@ impl Proxy {
     pub fn replace_config(&self, config: Config) {
         self.replay
             .set_max_entries(config.limits.replay_max_entries);
-        let state = State::new(config, &self.metrics, &self.upstreams);
+        if let (Some(spool), Some(cfg)) = (&self.spool, &config.spool) {
+            spool.store.set_capacity(cfg.max_bytes);
+        }
+        let state = State::new(
+            config,
+            &self.metrics,
+            &self.upstreams,
+            self.spool.as_deref(),
+        );
         self.state.store(Arc::new(state));
     }
 
@@ -365,10 +440,11 @@ impl Proxy {
         };
         let state = ex.state.clone();
         let (response, body) = match self.handle_inner(&state, &conn, req, &mut ex).await {
-            Ok(response) => {
+            Ok(Reply::Upstream(response)) => {
                 let (parts, body) = response.into_parts();
                 (Response::from_parts(parts, ()), Inner::Upstream(body))
             }
+            Ok(Reply::Accepted(id)) => accepted(&id),
             Err(err) => {
                 let (status, outcome) = err.classify();
                 ex.outcome = outcome;
@@ -396,7 +472,7 @@ impl Proxy {
         conn: &ConnInfo,
         req: Request<Incoming>,
         ex: &mut Exchange,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Reply, ProxyError> {
         let (parts, mut body) = req.into_parts();
         let (host, host_ok) = request_host(&parts);
 
@@ -468,13 +544,31 @@ impl Proxy {
             host: host_value,
         });
         let authority = parts.uri.authority().map(|a| a.as_str());
-        let headers = headers::upstream_request_headers(
+        let mut headers = headers::upstream_request_headers(
             parts.headers,
             route.check.header_names(),
             forwarding,
             authority,
             frames.len(),
         );
+
+        // Spooled routes: one delivery id on every attempt, and a copy of
+        // what is sent in case it has to be kept.
+        let spooled = self.spool.as_ref().zip(state.spooled(route));
+        let kept = spooled.map(|_| Kept::new(&parts.method, &uri, &mut headers, &frames));
+        if let (Some((spool, (_, circuit))), Some(kept)) = (spooled, &kept) {
+            // `always`, or the route's circuit is open: keep it, skip the try.
+            let skip = match route.delivery {
+                Delivery::Always => Some(Outcome::Queued),
+                _ if circuit.is_open() => Some(Outcome::Spooled),
+                _ => None,
+            };
+            if let Some(outcome) = skip {
+                let kept = self.keep(state, route, spool, kept, 0, Note::default(), outcome, ex);
+                return kept.await.inspect(|_| commit(claim));
+            }
+        }
+
         let mut upstream_req = Request::new(frames.into_body());
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
@@ -483,12 +577,27 @@ impl Proxy {
 
         let pool = state.pool(route);
         let sent = Instant::now();
-        let (response, lease) =
-            tokio::time::timeout(route.upstream_timeout, pool.send(upstream_req))
-                .await
-                .map_err(|_| ProxyError::UpstreamTimeout)?
-                .map_err(ProxyError::Upstream)?;
-        ex.upstream_time = Some(sent.elapsed());
+        let attempt = tokio::time::timeout(route.upstream_timeout, pool.send(upstream_req)).await;
+        if let Ok(Ok(_)) = &attempt {
+            // Upstream time is the time to response headers: only when some came.
+            ex.upstream_time = Some(sent.elapsed());
+        }
+        if let (Some((spool, (_, circuit))), Some(kept)) = (spooled, &kept) {
+            if let Some(note) = sync_failure(&attempt) {
+                ex.upstream_status = note.status.and_then(|s| StatusCode::from_u16(s).ok());
+                if let Some(cfg) = &state.config.spool {
+                    circuit.failed(&cfg.retry, false, None);
+                }
+                let kept = self.keep(state, route, spool, kept, 1, note, Outcome::Spooled, ex);
+                return kept.await.inspect(|_| commit(claim));
+            }
+            if circuit.succeeded() {
+                spool.route_recovered(&route.name);
+            }
+        }
+        let (response, lease) = attempt
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(ProxyError::Upstream)?;
         ex.upstream_status = Some(response.status());
         // hyper's client consumes 100 and 102–199 itself; only 101 reaches
         // here, and hookgate does no upgrades. The connection is dropped
@@ -500,13 +609,13 @@ impl Proxy {
         ex.lease = Some(lease);
         // Recorded only once the app accepted it; otherwise the claim is
         // dropped and the next copy goes through.
-        if let (Some(claim), true) = (claim, response.status().is_success()) {
-            claim.commit();
+        if response.status().is_success() {
+            commit(claim);
         }
 
         let (mut parts, body) = response.into_parts();
         parts.headers = headers::client_response_headers(parts.headers);
-        Ok(Response::from_parts(parts, body))
+        Ok(Reply::Upstream(Response::from_parts(parts, body)))
     }
 
     /// The replay check of a route with `replay_window`: a claim on this
@@ -533,6 +642,145 @@ impl Proxy {
             .map(Some)
             .map_err(ProxyError::Repeat)
     }
+
+    /// Writes a spooled route's request to the spool and answers 202 once
+    /// it is durable; 503 when the spool is full or cannot be written.
+    /// `attempts` counts the synchronous try (0 when it was skipped).
+    #[allow(clippy::too_many_arguments)]
+    async fn keep(
+        &self,
+        state: &State,
+        route: &Route,
+        spool: &Spool,
+        kept: &Kept,
+        attempts: u32,
+        note: Note,
+        outcome: Outcome,
+        ex: &mut Exchange,
+    ) -> Result<Reply, ProxyError> {
+        let now = spool::now_ms();
+        // A failed try waits one step of the schedule; a skipped one (or
+        // `always`) is due at once (the circuit still limits probes).
+        let wait = match (&state.config.spool, attempts) {
+            (Some(cfg), 1..) => cfg.retry.first().map_or(0, |d| {
+                i64::try_from(spool::jitter(*d).as_millis()).unwrap_or(i64::MAX)
+            }),
+            _ => 0,
+        };
+        let record = NewRecord {
+            id: kept.id.clone(),
+            route: route.name.clone(),
+            received_ms: now,
+            method: kept.method.as_str().to_string(),
+            target: kept.target.clone(),
+            headers: spool::encode_headers(&kept.headers),
+            body: kept.frames.to_vec(),
+            attempts,
+            next_attempt_ms: now.saturating_add(wait),
+            last_status: note.status,
+            last_error: note.error,
+        };
+        let metrics = state.spool_metrics(route);
+        match spool.put(record).await {
+            Ok(()) => {
+                if let Some(m) = metrics {
+                    m.writes_ok.inc();
+                }
+                if wait == 0 {
+                    spool.wake.notify_one();
+                }
+                ex.outcome = outcome;
+                Ok(Reply::Accepted(kept.id.clone()))
+            }
+            Err(StoreError::Full) => {
+                if let Some(m) = metrics {
+                    m.writes_full.inc();
+                }
+                Err(ProxyError::SpoolFull)
+            }
+            Err(e) => {
+                if let Some(m) = metrics {
+                    m.writes_error.inc();
+                }
+                Err(ProxyError::Spool(e))
+            }
+        }
+    }
+}
+
+impl Kept {
+    /// Gives the request its delivery id (attempt 1) and keeps a copy.
+    fn new(
+        method: &Method,
+        uri: &Uri,
+        headers: &mut http::HeaderMap,
+        frames: &body::Frames,
+    ) -> Kept {
+        let id = spool::new_id();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            headers.insert(&spool::X_HOOKGATE_DELIVERY, v);
+        }
+        headers.insert(&spool::X_HOOKGATE_ATTEMPT, HeaderValue::from_static("1"));
+        Kept {
+            id,
+            method: method.clone(),
+            target: uri.to_string(),
+            headers: headers.clone(),
+            frames: frames.clone(),
+        }
+    }
+}
+
+/// Records a delivery in the replay store: once the app answered 2xx, or
+/// once the spool holds it (SPEC §10).
+fn commit(claim: Option<Claim<'_>>) {
+    if let Some(claim) = claim {
+        claim.commit();
+    }
+}
+
+/// How a synchronous try failed, the way a sender counts failure (SPEC §8):
+/// no complete response headers (connect error, reset, timeout) or a 5xx,
+/// 408 or 429. `None`: it did not fail.
+fn sync_failure(
+    attempt: &Result<
+        Result<(Response<Incoming>, Lease), UpstreamError>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Option<Note> {
+    match attempt {
+        Err(_) => Some(Note {
+            status: None,
+            error: Some("no answer within upstream_timeout".into()),
+        }),
+        Ok(Err(e)) => Some(Note {
+            status: None,
+            error: Some(e.to_string()),
+        }),
+        Ok(Ok((response, _))) if spool::failed_status(response.status()) => Some(Note {
+            status: Some(response.status().as_u16()),
+            error: None,
+        }),
+        Ok(Ok(_)) => None,
+    }
+}
+
+/// The answer for a request now durable in the spool.
+fn accepted(id: &str) -> (Response<()>, Inner) {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(&spool::X_HOOKGATE_DELIVERY, v);
+    }
+    (
+        response,
+        Inner::Full(Some(Bytes::from_static(b"202 Accepted\n"))),
+    )
 }
 
 /// A failed signature check: refused (401) on an enforcing route; on a
@@ -675,6 +923,9 @@ fn synthetic(
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
+    }
+    if let ProxyError::SpoolFull = err {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
     }
     if close {
         // Unread body bytes must never be parsed as the next request.
@@ -848,6 +1099,12 @@ mod tests {
                 ProxyError::Repeat(Repeat::InFlight),
                 409,
                 "duplicate_in_flight",
+            ),
+            (ProxyError::SpoolFull, 503, "spool_full"),
+            (
+                ProxyError::Spool(StoreError::Storage("disk full".into())),
+                503,
+                "spool_error",
             ),
         ];
         for (err, status, outcome) in cases {

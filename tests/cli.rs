@@ -183,9 +183,11 @@ async fn run_serves_zero_routes_with_404() {
     let text = std::fs::read_to_string(PACKAGED_CONFIG).unwrap();
     assert_eq!(text.matches("127.0.0.1:8080").count(), 1);
     assert_eq!(text.matches("127.0.0.1:9464").count(), 1);
+    let spool = dir.path().join("spool.db");
     let text = text
         .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9464", "127.0.0.1:0");
+        .replace("127.0.0.1:9464", "127.0.0.1:0")
+        .replace("/var/lib/hookgate/spool.db", spool.to_str().unwrap());
     std::fs::write(&path, text).unwrap();
     let Running {
         mut child,

@@ -10,7 +10,7 @@ use common::*;
 
 const BODY: &[u8] = br#"{"event":"generation.completed","generation_id":"m"}"#;
 const ROUTES: [&str; 3] = ["a", "b", "c"];
-const OUTCOMES: [&str; 11] = [
+const OUTCOMES: [&str; 15] = [
     "forwarded",
     "signature_missing",
     "signature_invalid",
@@ -19,6 +19,10 @@ const OUTCOMES: [&str; 11] = [
     "timeout",
     "upstream_error",
     "upstream_timeout",
+    "spooled",
+    "queued",
+    "spool_full",
+    "spool_error",
     "bad_request",
     "duplicate",
     "duplicate_in_flight",
@@ -214,7 +218,12 @@ async fn exposition_passes_promtool() {
         return;
     };
     let good = Upstream::start(Behaviour::Respond).await;
-    let mut config = "[server]\nlisten = \"127.0.0.1:0\"\n".to_string();
+    // With a spool, so its series (SPEC §8) are linted too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[spool]\npath = \"{}\"\n",
+        dir.path().join("spool.db").display()
+    );
     for i in 0..10 {
         config.push_str(&format!(
             "[[route]]\nname = \"route-{i}\"\npath = \"/r{i}\"\nupstream = \"http://{}\"\nsecret = {{ env = \"SECRET_A\" }}\n",

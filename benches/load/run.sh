@@ -37,6 +37,12 @@
 #                    shorter than the pool's cycle: a body's entry has expired when it comes
 #                    round again; the run fails if any request was answered as a repeat).
 #                    No direct, nginx or TLS rows; RESULTS defaults to results-replay.md
+#   SPOOL=0          1: the spool's cost and speed (issue 9) instead, at 1 KiB: hookgate with
+#                    delivery = "sync", "on_failure" (healthy upstream: nothing is kept) and
+#                    "always" (every request committed to SQLite before its 202), then a
+#                    backlog drain: DRAIN_N=100000 webhooks kept while the route's upstream
+#                    is down, then timed from the upstream's start to the last delivery.
+#                    No direct, nginx or TLS rows; RESULTS defaults to results-spool.md
 #   RESULTS=benches/load/results.md   KEEP_TMP=0 (1: keep the temp dir with configs and logs)
 #   MAX_OTHER=0.10   the machine may be shared: before each run wait (up to QUIET_WAIT=120 s)
 #   ATTEMPTS=3       until the benchmark cores are idle, and measure again (up to ATTEMPTS
@@ -59,7 +65,14 @@ ACCESS_LOG=${ACCESS_LOG:-1}
 REPLAY=${REPLAY:-0}
 POOL_SIZE=${POOL_SIZE:-4096}
 REPLAY_WINDOW=${REPLAY_WINDOW:-50ms}
+SPOOL=${SPOOL:-0}
+DRAIN_N=${DRAIN_N:-100000}
 LUA=$HERE/post.lua
+if [[ $SPOOL == 1 ]]; then
+  TLS=0
+  [[ $BODIES == "1024:1KiB 262144:256KiB" ]] && BODIES="1024:1KiB"
+  RESULTS=${RESULTS:-$HERE/results-spool.md}
+fi
 if [[ $REPLAY == 1 ]]; then
   TLS=0
   LUA=$HERE/pool.lua
@@ -371,15 +384,19 @@ post_status() {
   if grep -qi '^x-bench-upstream: ok' "$hdrs" 2>/dev/null; then echo "$code upstream"; else echo "$code -"; fi
 }
 
+# What a target's pre-flight must answer (default: the upstream's 200).
+declare -A T_EXPECT=()
+
 # Pre-flight: every target must relay the upstream's 200 for every body, and
 # every hookgate must refuse a wrong signature with 401 (so it is verifying).
 preflight() {
-  local i b got bad
+  local i b got bad want
   for i in "${!T_NAMES[@]}"; do
     for b in "${!BODY_LABELS[@]}"; do
       got=$(post_status "${T_URLS[$i]}" "${BODY_FILES[$b]}" "${BODY_SIGS[$b]}" "${T_CURL[$i]}")
-      [[ $got == "200 upstream" ]] \
-        || die "pre-flight: ${T_NAMES[$i]} ${BODY_LABELS[$b]} signed POST gave '$got', want '200 upstream'"
+      want=${T_EXPECT[${T_NAMES[$i]}]:-200 upstream}
+      [[ $got == "$want" ]] \
+        || die "pre-flight: ${T_NAMES[$i]} ${BODY_LABELS[$b]} signed POST gave '$got', want '$want'"
       if [[ ${T_NAMES[$i]} == hookgate* ]]; then
         # Same length, one hex digit changed: only the MAC comparison can reject it.
         bad=${BODY_SIGS[$b]}
@@ -394,7 +411,7 @@ preflight() {
 }
 
 NG_IDLE_RSS="-"
-if [[ $REPLAY != 1 ]]; then
+if [[ $REPLAY != 1 && $SPOOL != 1 ]]; then
   register_target direct "direct to upstream (limit)" "http://127.0.0.1:$UP_PORT$ROUTE_PATH" "" ""
 
   NG_DIR=$TMP/nginx-proxy
@@ -416,6 +433,22 @@ if [[ $REPLAY == 1 ]]; then
   hookgate_conf "$TMP/hookgate-replay.toml" "$HGR_PORT" "$HGR_ADMIN_PORT" "" "replay_window = \"$REPLAY_WINDOW\""
   start_hookgate hookgate-replay "$TMP/hookgate-replay.toml" "$HGR_PORT"
   register_target hookgate+replay "hookgate, replay_window" "http://127.0.0.1:$HGR_PORT$ROUTE_PATH" "$HG_PID" "$HG_PID"
+fi
+
+if [[ $SPOOL == 1 ]]; then
+  read -r HGF_PORT HGF_ADMIN_PORT HGA_PORT HGA_ADMIN_PORT HGD_PORT HGD_ADMIN_PORT DEAD_PORT < <(py ports 7)
+  spool_lines() {  # spool_lines DELIVERY DB: the route's delivery, then [spool]
+    printf 'delivery = "%s"\n\n[spool]\npath = "%s"\nmax_bytes = "4GiB"\n' "$1" "$2"
+  }
+  hookgate_conf "$TMP/hookgate-onf.toml" "$HGF_PORT" "$HGF_ADMIN_PORT" "" "$(spool_lines on_failure "$TMP/spool-onf.db")"
+  start_hookgate hookgate-onf "$TMP/hookgate-onf.toml" "$HGF_PORT"
+  HGF_PID=$HG_PID
+  register_target hookgate+onf "hookgate, delivery = on_failure" "http://127.0.0.1:$HGF_PORT$ROUTE_PATH" "$HGF_PID" "$HGF_PID"
+  hookgate_conf "$TMP/hookgate-always.toml" "$HGA_PORT" "$HGA_ADMIN_PORT" "" "$(spool_lines always "$TMP/spool-always.db")"
+  start_hookgate hookgate-always "$TMP/hookgate-always.toml" "$HGA_PORT"
+  HGA_PID=$HG_PID
+  register_target hookgate+always "hookgate, delivery = always (202 after fsync)" "http://127.0.0.1:$HGA_PORT$ROUTE_PATH" "$HGA_PID" "$HGA_PID"
+  T_EXPECT[hookgate+always]="202 -"
 fi
 
 # ----------------------------------------------------------------- TLS rows
@@ -513,6 +546,96 @@ if [[ $REPLAY == 1 ]]; then
   [[ $repeats == 0 ]] || die "the replay target answered $repeats requests as repeats: the pool is too small for this rate (raise POOL_SIZE or lower REPLAY_WINDOW)"
 fi
 
+SPOOL_NOTES=()
+if [[ $SPOOL == 1 ]]; then
+  # Group commit: the always gateway logs its commit counts when it stops.
+  kill -TERM "$HGA_PID"
+  for _ in $(seq 100); do kill -0 "$HGA_PID" 2>/dev/null || break; sleep 0.1; done
+  closed=$(grep -h 'spool closed' "$TMP/hookgate-always.log" 2>/dev/null | tail -1 || true)
+  commits=$(grep -oE 'commits=[0-9]+' <<<"$closed" | cut -d= -f2 || true)
+  writes=$(grep -oE 'writes=[0-9]+' <<<"$closed" | cut -d= -f2 || true)
+  max_batch=$(grep -oE 'max_batch=[0-9]+' <<<"$closed" | cut -d= -f2 || true)
+  if [[ -n $commits && $commits -gt 0 ]]; then
+    avg=$(awk -v w="$writes" -v c="$commits" 'BEGIN {printf "%.1f", w / c}')
+    SPOOL_NOTES+=(--meta "group commit (always gateway, last round only: logs are emptied between runs): $writes spool writes (puts + deletes) in $commits commits, $avg per commit on average, at most $max_batch")
+    log "group commit: $writes writes in $commits commits ($avg per commit), max batch $max_batch"
+  fi
+
+  # Backlog drain: keep DRAIN_N webhooks while the upstream is down (the
+  # circuit opens at the first failure, so each is kept without a try), then
+  # start the upstream and time the drain to the last delivery.
+  steps=$(printf '"200ms",%.0s' $(seq 30))
+  steps=${steps%,}
+  {
+    echo '[server]'
+    echo "listen = \"127.0.0.1:$HGD_PORT\""
+    echo 'shutdown_timeout = "2s"'
+    echo '[admin]'
+    echo "listen = \"127.0.0.1:$HGD_ADMIN_PORT\""
+    echo '[spool]'
+    echo "path = \"$TMP/spool-drain.db\""
+    echo 'max_bytes = "4GiB"'
+    echo "retry = [$steps]"
+    echo '[[route]]'
+    echo 'name = "bench"'
+    echo "path = \"$ROUTE_PATH\""
+    echo "upstream = \"http://127.0.0.1:$DEAD_PORT\""
+    echo "secret = { env = \"$SECRET_ENV\" }"
+    echo 'delivery = "on_failure"'
+  } >"$TMP/hookgate-drain.toml"
+  HOOKGATE_LOG_LEVEL=warn
+  start_hookgate hookgate-drain "$TMP/hookgate-drain.toml" "$HGD_PORT"
+  HGD_PID=$HG_PID
+  metric() { curl -sS "http://127.0.0.1:$HGD_ADMIN_PORT/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
+  PENDING='hookgate_spool_messages{route="bench",state="pending"}'
+  DELIVERED='hookgate_redeliveries_total{route="bench",result="delivered"}'
+  log "drain: filling the spool with $DRAIN_N webhooks (upstream down)"
+  fill_start=$(date +%s.%N)
+  BODY_FILE=${BODY_FILES[0]} SIGNATURE=${BODY_SIGS[0]} start_bg wrk-fill "$LOAD_PIN" "$TMP/wrk-fill.log" \
+    wrk -t "$WRK_THREADS" -c "$CONNS" -d 300s -s "$LUA" "http://127.0.0.1:$HGD_PORT$ROUTE_PATH"
+  WRK_FILL=$LAST_PID
+  while :; do
+    sleep 0.2
+    n=$(metric "$PENDING")
+    n=${n%.*}
+    [[ ${n:-0} -ge $DRAIN_N ]] && break
+    kill -0 "$WRK_FILL" 2>/dev/null || die "drain: wrk stopped before $DRAIN_N were kept"
+  done
+  kill -TERM "$WRK_FILL"
+  wait "$WRK_FILL" 2>/dev/null || true
+  fill_end=$(date +%s.%N)
+  sleep 1.2 # the gauges refresh every second
+  kept=$(metric "$PENDING")
+  kept=${kept%.*}
+  db_bytes=$(stat -c %s "$TMP/spool-drain.db")
+  fill_secs=$(awk -v a="$fill_start" -v b="$fill_end" 'BEGIN {printf "%.1f", b - a}')
+  log "drain: $kept kept in $fill_secs s; spool file $db_bytes bytes; starting the upstream"
+  DRAIN_DIR=$TMP/drain-upstream
+  nginx_conf "$DRAIN_DIR" "$WORKERS" "access_log off;" "
+    server {
+        listen 127.0.0.1:$DEAD_PORT;
+        client_max_body_size 2m;
+        location / { return 200 \"ok\\n\"; }
+    }"
+  cpu0=$(awk '{print $14 + $15}' "/proc/$HGD_PID/stat")
+  t0=$(date +%s.%N)
+  start_nginx drain-upstream "$LOAD_PIN" "$DRAIN_DIR" "$DEAD_PORT"
+  while :; do
+    d=$(metric "$DELIVERED")
+    d=${d%.*}
+    [[ ${d:-0} -ge $kept ]] && break
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  cpu1=$(awk '{print $14 + $15}' "/proc/$HGD_PID/stat")
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
+  rate=$(awk -v n="$kept" -v s="$secs" 'BEGIN {printf "%.0f", n / s}')
+  cpu=$(awk -v c="$((cpu1 - cpu0))" -v n="$kept" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c / hz / n * 1e6}')
+  log "drain: $kept delivered in $secs s after the upstream started: $rate deliveries/s, $cpu µs gateway CPU per delivery"
+  SPOOL_NOTES+=(--meta "fill: $kept 1 KiB webhooks kept in $fill_secs s with the upstream down (circuit open: no try), spool file $db_bytes bytes")
+  SPOOL_NOTES+=(--meta "backlog drain: $kept delivered in $secs s from the upstream's start to the last 2xx (first probe within 200 ms ±20 %, then redelivery_concurrency = 4): $rate deliveries/s, $cpu µs of gateway CPU per delivery")
+fi
+
 # ----------------------------------------------------------------- report
 ACCESS_NOTE="access logs: on (hookgate INFO access line per request on stderr → file; nginx access_log → file)"
 [[ $ACCESS_LOG == 1 ]] || ACCESS_NOTE="access logs: off (HOOKGATE_LOG=warn; nginx access_log off)"
@@ -529,8 +652,9 @@ py report --results "$RAW" --out "$RESULTS" --rounds "$ROUNDS" \
   --meta "$PIN_NOTE" \
   --meta "$ACCESS_NOTE" \
   --meta "$TLS_NOTE" \
+  "${SPOOL_NOTES[@]}" \
   --max-other "$MAX_OTHER" \
-  --command "$([[ $REPLAY == 1 ]] && echo "REPLAY=1 POOL_SIZE=$POOL_SIZE REPLAY_WINDOW=$REPLAY_WINDOW ")BODIES=\"$BODIES\" DURATION=$DURATION ROUNDS=$ROUNDS benches/load/run.sh" || rc=$?
+  --command "$([[ $REPLAY == 1 ]] && echo "REPLAY=1 POOL_SIZE=$POOL_SIZE REPLAY_WINDOW=$REPLAY_WINDOW ")$([[ $SPOOL == 1 ]] && echo "SPOOL=1 DRAIN_N=$DRAIN_N ")BODIES=\"$BODIES\" DURATION=$DURATION ROUNDS=$ROUNDS benches/load/run.sh" || rc=$?
 if [[ -s $TMP/hookgate.warnings ]]; then
   # Count distinct messages (colour codes and timestamps stripped). Expected
   # with TLS: rustls warns once per connection that wrk sends the IP address

@@ -12,6 +12,8 @@ use hookgate::admin::Readiness;
 use hookgate::config::Config;
 use hookgate::metrics::Metrics;
 use hookgate::proxy::Proxy;
+use hookgate::spool::sqlite::SqliteStore;
+use hookgate::spool::{worker, Spool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -47,6 +49,8 @@ pub struct Recorded {
     /// Header fields in wire order, names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the request was complete.
+    pub at: tokio::time::Instant,
 }
 
 impl Recorded {
@@ -81,6 +85,8 @@ pub enum Behaviour {
     /// gateway takes it; `Upstream::aborted` counts answers whose write
     /// failed (the gateway closed the connection mid-body).
     Large(usize),
+    /// Answer this status (empty body), with `Retry-After: secs` if given.
+    Status(u16, Option<u64>),
 }
 
 pub const UPSTREAM_BODY: &[u8] = br#"{"received":true}"#;
@@ -92,26 +98,62 @@ pub struct Upstream {
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// `Large` answers cut short because the gateway closed the connection.
     pub aborted: Arc<std::sync::atomic::AtomicUsize>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address nothing listens on (a listener bound and closed): connecting
+/// is refused until an [`Upstream`] is started there.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
 }
 
 impl Upstream {
     pub async fn start(behaviour: Behaviour) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_at("127.0.0.1:0".parse().unwrap(), behaviour).await
+    }
+
+    /// Changes how the following requests are answered.
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Starts listening on `addr` (e.g. one from [`closed_port`]: the app
+    /// "comes back").
+    pub async fn start_at(addr: SocketAddr, behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let shared = behaviour.clone();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let log = requests.clone();
         let accepted = connections.clone();
         let aborted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let cut = aborted.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream.set_nodelay(true);
                 let log = log.clone();
-                tokio::spawn(serve_upstream_conn(stream, log, behaviour, cut.clone()));
+                // Connections end with the upstream (JoinSet aborts on drop).
+                conns.spawn(serve_upstream_conn(
+                    stream,
+                    log,
+                    shared.clone(),
+                    cut.clone(),
+                ));
             }
         });
         Upstream {
@@ -119,6 +161,8 @@ impl Upstream {
             requests,
             connections,
             aborted,
+            behaviour,
+            task,
         }
     }
 
@@ -134,7 +178,7 @@ impl Upstream {
 async fn serve_upstream_conn(
     mut stream: TcpStream,
     log: Arc<Mutex<Vec<Recorded>>>,
-    behaviour: Behaviour,
+    behaviour: Arc<Mutex<Behaviour>>,
     aborted: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut buf = Vec::new();
@@ -154,6 +198,7 @@ async fn serve_upstream_conn(
                     target: req.path.unwrap().to_string(),
                     headers,
                     body: Vec::new(),
+                    at: tokio::time::Instant::now(),
                 };
                 break (n, rec, cl);
             }
@@ -172,11 +217,21 @@ async fn serve_upstream_conn(
             }
         }
         rec.body = buf.drain(..content_length).collect();
+        rec.at = tokio::time::Instant::now();
         let nth = {
             let mut log = log.lock().unwrap();
             log.push(rec);
             log.len()
         };
+        let behaviour = *behaviour.lock().unwrap();
+        if let Behaviour::Status(code, retry_after) = behaviour {
+            let extra = retry_after.map_or(String::new(), |s| format!("retry-after: {s}\r\n"));
+            let head = format!("HTTP/1.1 {code} X\r\n{extra}content-length: 0\r\n\r\n");
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         match behaviour {
             Behaviour::Hang => {
                 // Keep the socket open and silent until the peer goes away.
@@ -209,7 +264,10 @@ async fn serve_upstream_conn(
                 }
                 continue;
             }
-            Behaviour::Respond | Behaviour::RespondThenClose | Behaviour::Script(_) => {}
+            Behaviour::Respond
+            | Behaviour::RespondThenClose
+            | Behaviour::Script(_)
+            | Behaviour::Status(..) => {}
         }
         let status = match behaviour {
             Behaviour::Script(statuses) => statuses.get(nth - 1).or(statuses.last()).copied(),
@@ -241,6 +299,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub proxy: Arc<Proxy>,
+    /// The spool file, when the config has `[spool]`.
+    pub store: Option<Arc<SqliteStore>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -256,25 +316,57 @@ impl Gateway {
         let admin = admin_listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         metrics.config_loaded(true);
-        let proxy = Arc::new(Proxy::new(config, metrics.clone()));
+        let store = config.spool.as_ref().map(|s| {
+            Arc::new(
+                SqliteStore::open(&s.path, s.max_bytes, true).unwrap_or_else(|e| panic!("{e}")),
+            )
+        });
+        let spool = store
+            .clone()
+            .map(|s| Arc::new(Spool::new(s as Arc<dyn hookgate::spool::Store>)));
+        let proxy = Arc::new(Proxy::with_spool(config, metrics.clone(), spool.clone()));
         let ready = Arc::new(Readiness::default());
         ready.set(true);
+        let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
+        let mut redelivery = None;
+        let mut gauges = None;
+        if let Some(spool) = &spool {
+            ready.watch_spool(spool.health.clone());
+            redelivery = Some(tokio::spawn(worker::run(
+                proxy.clone(),
+                spool.clone(),
+                worker_stop,
+            )));
+            gauges = Some(tokio::spawn(worker::gauges(proxy.clone(), spool.clone())));
+        }
         tokio::spawn(hookgate::admin::serve(admin_listener, metrics, ready));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hookgate::server::serve(
-            listener,
-            proxy.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let serve = hookgate::server::serve(listener, proxy.clone(), async move {
+            let _ = stopped.await;
+            let _ = stop_worker.send(true);
+        });
+        let task = tokio::spawn(async move {
+            serve.await;
+            if let Some(r) = redelivery {
+                let _ = r.await;
+            }
+            if let Some(g) = gauges {
+                g.abort();
+            }
+        });
         Gateway {
             addr,
             admin,
             proxy,
+            store,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// GET `path` from the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_get(self.admin, path).await
     }
 
     /// GET /metrics from the admin listener.
@@ -289,6 +381,11 @@ impl Gateway {
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap();
+        }
+        if let Some(store) = self.store.take() {
+            tokio::task::spawn_blocking(move || store.close())
+                .await
+                .unwrap();
         }
     }
 }
@@ -674,8 +771,23 @@ pub struct Running {
 /// Starts the binary on `config` with `env` and waits for the line that
 /// says it is listening.
 pub fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Running {
+    spawn_run_via(&[], config, env)
+}
+
+/// Like [`spawn_run`], started through `wrapper` (a command that execs its
+/// arguments, e.g. `prlimit --fsize=...`), so the gateway keeps the pid.
+pub fn spawn_run_via(wrapper: &[&str], config: &Path, env: &[(&str, &str)]) -> Running {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+    let bin = env!("CARGO_BIN_EXE_hookgate");
+    let mut command = match wrapper.split_first() {
+        None => std::process::Command::new(bin),
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+    };
+    let mut child = command
         .args(["run", "--log-format", "json", "--config"])
         .arg(config)
         .envs(env.iter().copied())
@@ -703,4 +815,33 @@ pub fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Running {
         lines,
         seen,
     }
+}
+
+/// GET `path` from an admin listener: (status, body).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let (resp, _) = raw(admin, req.as_bytes()).await;
+    (
+        resp.status,
+        String::from_utf8_lossy(&resp.body).into_owned(),
+    )
+}
+
+/// Reads the rest of a [`Running`] gateway's stderr on a thread (so a
+/// busy gateway never blocks on a full pipe), collecting the lines.
+pub fn drain_log(running: &mut Running) -> Arc<Mutex<Vec<String>>> {
+    let lines = std::mem::replace(
+        &mut running.lines,
+        std::io::BufRead::lines(std::io::BufReader::new(std::process::ChildStderr::from(
+            std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap()),
+        ))),
+    );
+    let log = Arc::new(Mutex::new(running.seen.clone()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    log
 }

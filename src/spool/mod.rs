@@ -1,0 +1,474 @@
+//! The spool (SPEC §8): requests the upstream could not take (or that a
+//! `delivery = "always"` route hands over at once), kept durably and
+//! redelivered until the app answers 2xx.
+//!
+//! - this file: the backend-neutral [`Store`] trait and its types, the
+//!   per-route [`Circuit`], and [`Spool`], what the request path and the
+//!   worker share;
+//! - the embedded backend, [`sqlite`] (one writer thread, group commit);
+//! - redelivery, [`worker`] (backoff, circuit probes, drain, dead letters)
+//!   and the spool gauges; it sees only the [`Store`] trait, so a second
+//!   backend (PostgreSQL, SPEC §11) plugs in without touching it;
+//! - the operator commands, [`cli`] (`hookgate spool stats|list|show|retry|drop`).
+//!
+//! The one rule: the request path answers 202 only after [`Store::put`]
+//! returned `Ok`, which a backend may return only once the record is durable
+//! (SQLite: the commit's fsync returned).
+
+pub mod cli;
+pub mod sqlite;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderName;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Carries the delivery id on every attempt of a spooled route.
+pub static X_HOOKGATE_DELIVERY: HeaderName = HeaderName::from_static("x-hookgate-delivery");
+/// Carries the attempt number (1 for the first try).
+pub static X_HOOKGATE_ATTEMPT: HeaderName = HeaderName::from_static("x-hookgate-attempt");
+
+/// A future returned by a [`Store`]: boxed so the trait stays object safe
+/// and an async backend (PostgreSQL) can implement it directly.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Writing would pass `spool.max_bytes`: nothing was written.
+    #[error("spool is full (max_bytes reached)")]
+    Full,
+    /// The storage failed (disk full, I/O error, corrupt file, closed).
+    #[error("spool storage error: {0}")]
+    Storage(String),
+    /// The database was written by another version of hookgate.
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("no record with id {0}")]
+    NotFound(String),
+}
+
+/// `pending` records are due for delivery; `dead` ones wait for an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+    Pending,
+    Dead,
+}
+
+impl RecordState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Pending => "pending",
+            RecordState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RecordState> {
+        match text {
+            "pending" => Some(RecordState::Pending),
+            "dead" => Some(RecordState::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// One request as the upstream would have received it: method, target
+/// (path and query as forwarded), header fields as forwarded (wire form,
+/// `X-Hookgate-Delivery`/`-Attempt` included), body bytes.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub id: String,
+    pub route: String,
+    pub received_ms: i64,
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Attempts already made (1 when the synchronous try failed).
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+impl NewRecord {
+    /// What the record counts against `max_bytes`.
+    pub fn bytes(&self) -> u64 {
+        (self.headers.len() + self.body.len()) as u64
+    }
+}
+
+/// A stored record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: String,
+    pub route: String,
+    pub received_ms: i64,
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<u8>,
+    pub body: Vec<u8>,
+    pub state: RecordState,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// What one failed attempt left behind, kept on the record.
+#[derive(Debug, Clone, Default)]
+pub struct Note {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// Counts per route and state, as the gauges and `spool stats` show them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    pub route: String,
+    pub pending: u64,
+    pub dead: u64,
+    pub bytes: u64,
+    pub oldest_pending_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub routes: Vec<RouteStats>,
+    pub bytes: u64,
+}
+
+/// Which records an operator command applies to.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Ids(Vec<String>),
+    Route {
+        route: String,
+        state: Option<RecordState>,
+    },
+}
+
+/// Durable storage of spooled requests. Every method is async-friendly
+/// (boxed futures); an `Ok` from [`Store::put`] means durable.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new record durably, or fails with [`StoreError::Full`] when
+    /// it would pass the byte budget.
+    fn put(&self, record: NewRecord) -> StoreFuture<'_, ()>;
+    /// Up to `limit` pending records of `route`, oldest first, that are due
+    /// at `now_ms` (all pending ones with `ignore_schedule`: a circuit probe
+    /// takes the oldest whatever its own schedule).
+    fn due(
+        &self,
+        route: &str,
+        now_ms: i64,
+        limit: usize,
+        ignore_schedule: bool,
+    ) -> StoreFuture<'_, Vec<Record>>;
+    /// Delivered: the record is removed.
+    fn complete(&self, id: &str) -> StoreFuture<'_, ()>;
+    /// A failed attempt: count it and set the next one.
+    fn reschedule(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_attempt_ms: i64,
+        note: Note,
+    ) -> StoreFuture<'_, ()>;
+    /// A failed attempt that ends the record's retries.
+    fn dead(&self, id: &str, attempts: u32, note: Note) -> StoreFuture<'_, ()>;
+    /// Marks the pending records of `route` received before `before_ms`
+    /// dead (`max_age` passed); returns how many.
+    fn expire(&self, route: &str, before_ms: i64) -> StoreFuture<'_, u64>;
+    /// Makes every pending record of `route` due now (the route is back:
+    /// drain the backlog).
+    fn release(&self, route: &str, now_ms: i64) -> StoreFuture<'_, u64>;
+    fn stats(&self) -> StoreFuture<'_, Stats>;
+    /// Records (headers and bodies included) matching `selection`, oldest first.
+    fn list(&self, selection: Selection, limit: usize) -> StoreFuture<'_, Vec<Record>>;
+    /// Back to pending, attempts reset, due now. Returns how many.
+    fn retry(&self, selection: Selection, now_ms: i64) -> StoreFuture<'_, u64>;
+    /// Removed for good. Returns how many.
+    fn drop_records(&self, selection: Selection) -> StoreFuture<'_, u64>;
+    /// Applies a new `max_bytes` (reload).
+    fn set_capacity(&self, bytes: u64);
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A new delivery id: a UUIDv7 (time-ordered, 74 random bits), so ids sort
+/// roughly by arrival and never repeat across restarts.
+pub fn new_id() -> String {
+    let ms = u64::try_from(now_ms()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    let rand_a = fastrand::u16(..) & 0x0FFF;
+    let rand_b = fastrand::u64(..) & 0x3FFF_FFFF_FFFF_FFFF;
+    format!(
+        "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+        ms >> 16,
+        ms & 0xFFFF,
+        rand_a,
+        0x8000 | (rand_b >> 48),
+        rand_b & 0xFFFF_FFFF_FFFF
+    )
+}
+
+/// `d` ± 20 %, uniformly.
+pub fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+/// Header fields in wire form (`name: value\r\n`), the form they are stored
+/// and shown in.
+pub fn encode_headers(headers: &http::HeaderMap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(headers.len() * 32);
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The inverse of [`encode_headers`]; a field that does not parse is an
+/// error (the record is corrupt).
+pub fn decode_headers(bytes: &[u8]) -> Result<http::HeaderMap, String> {
+    let mut map = http::HeaderMap::new();
+    for line in bytes.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let colon = line
+            .iter()
+            .position(|b| *b == b':')
+            .ok_or("stored header field without ':'")?;
+        let name = HeaderName::from_bytes(&line[..colon]).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start())
+            .map_err(|e| e.to_string())?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Whether an upstream answer counts as a failure the way a sender counts
+/// it (SPEC §8): 5xx, 408, 429.
+pub fn failed_status(status: http::StatusCode) -> bool {
+    status.is_server_error()
+        || status == http::StatusCode::REQUEST_TIMEOUT
+        || status == http::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// One route's circuit: after a failed attempt, new `on_failure` requests
+/// skip the synchronous try, and the worker sends one probe per backoff
+/// step until an attempt succeeds.
+#[derive(Debug, Default)]
+pub struct Circuit {
+    open: AtomicBool,
+    probe: Mutex<Probe>,
+}
+
+#[derive(Debug, Default)]
+struct Probe {
+    /// Index into `spool.retry` of the current step.
+    step: usize,
+    /// When the next probe may go.
+    next: Option<Instant>,
+}
+
+impl Circuit {
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Records a failed attempt. Opening schedules the first probe after
+    /// the schedule's first step; a failed probe moves to the next step.
+    /// `at_least` is a `Retry-After` already capped by the caller.
+    pub fn failed(&self, retry: &[Duration], probe: bool, at_least: Option<Duration>) {
+        let mut p = self.probe.lock().unwrap_or_else(|e| e.into_inner());
+        let was_open = self.open.swap(true, Ordering::AcqRel);
+        if was_open && !probe {
+            return;
+        }
+        p.step = if was_open {
+            (p.step + 1).min(retry.len().saturating_sub(1))
+        } else {
+            0
+        };
+        let step = retry.get(p.step).copied().unwrap_or(Duration::from_secs(1));
+        let delay = jitter(step).max(at_least.unwrap_or(Duration::ZERO));
+        p.next = Some(Instant::now() + delay);
+    }
+
+    /// Records a successful attempt; true when this closed the circuit.
+    pub fn succeeded(&self) -> bool {
+        if !self.open.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut p = self.probe.lock().unwrap_or_else(|e| e.into_inner());
+        p.step = 0;
+        p.next = None;
+        self.open.swap(false, Ordering::AcqRel)
+    }
+
+    /// When the next probe may go, while open.
+    pub fn next_probe(&self) -> Option<Instant> {
+        if !self.is_open() {
+            return None;
+        }
+        self.probe.lock().unwrap_or_else(|e| e.into_inner()).next
+    }
+}
+
+/// Whether the spool can be written: `/readyz` answers 503 while not.
+#[derive(Debug, Default)]
+pub struct Health {
+    failing: AtomicBool,
+}
+
+impl Health {
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Release);
+    }
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+}
+
+/// What the request path and the worker share: the store, each route's
+/// circuit (by name, so it survives reloads), the worker's wake-up and the
+/// write health.
+pub struct Spool {
+    pub store: Arc<dyn Store>,
+    circuits: Mutex<HashMap<String, Arc<Circuit>>>,
+    /// Wakes the worker (a record became due now).
+    pub wake: Notify,
+    pub health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").finish_non_exhaustive()
+    }
+}
+
+impl Spool {
+    pub fn new(store: Arc<dyn Store>) -> Spool {
+        Spool {
+            store,
+            circuits: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            health: Arc::new(Health::default()),
+        }
+    }
+
+    /// The circuit of the route called `name`, created closed.
+    pub fn circuit(&self, name: &str) -> Arc<Circuit> {
+        let mut c = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        c.entry(name.to_string()).or_default().clone()
+    }
+
+    /// A route's circuit closed after a synchronous success: make its
+    /// backlog due now and wake the worker (in the background: the request
+    /// that closed it does not wait).
+    pub fn route_recovered(self: &Arc<Self>, route: &str) {
+        let spool = self.clone();
+        let route = route.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = spool.store.release(&route, now_ms()).await {
+                tracing::warn!(route = %route, error = %e, "spool: cannot release the backlog");
+            }
+            spool.wake.notify_one();
+        });
+    }
+
+    /// Stores a record; the answer is the caller's to give only on `Ok`.
+    /// A storage failure marks the spool unhealthy (and is logged at error
+    /// level); the next successful write clears that.
+    pub async fn put(&self, record: NewRecord) -> Result<(), StoreError> {
+        let route = record.route.clone();
+        match self.store.put(record).await {
+            Ok(()) => {
+                self.health.set_failing(false);
+                Ok(())
+            }
+            Err(StoreError::Full) => Err(StoreError::Full),
+            Err(e) => {
+                self.health.set_failing(true);
+                tracing::error!(route = %route, error = %e, "spool write failed; answering 503");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_uuid_v7() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "7");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn jitter_stays_within_20_percent() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(8) && d <= Duration::from_secs(12),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_round_trip_in_order() {
+        let mut h = http::HeaderMap::new();
+        h.append("host", "a.test".parse().unwrap());
+        h.append("x-b", "1".parse().unwrap());
+        h.append("x-a", "2: three".parse().unwrap());
+        h.append("x-b", "4".parse().unwrap());
+        let bytes = encode_headers(&h);
+        assert_eq!(
+            bytes,
+            b"host: a.test\r\nx-b: 1\r\nx-b: 4\r\nx-a: 2: three\r\n".to_vec()
+        );
+        let back = decode_headers(&bytes).unwrap();
+        assert_eq!(encode_headers(&back), bytes);
+    }
+
+    #[test]
+    fn circuit_probes_one_step_at_a_time() {
+        let retry = [Duration::from_secs(10), Duration::from_secs(60)];
+        let c = Circuit::default();
+        assert!(!c.is_open());
+        c.failed(&retry, false, None);
+        assert!(c.is_open());
+        let first = c.next_probe().unwrap();
+        // Another non-probe failure does not move the probe.
+        c.failed(&retry, false, None);
+        assert_eq!(c.next_probe(), Some(first));
+        c.failed(&retry, true, None);
+        assert!(c.next_probe().unwrap() > first + Duration::from_secs(30));
+        assert!(c.succeeded());
+        assert!(!c.is_open());
+        assert!(!c.succeeded());
+    }
+}
