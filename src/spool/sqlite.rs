@@ -385,7 +385,7 @@ fn write_loop(w: &mut Writer, rx: mpsc::Receiver<Job>, stats: &CommitStats) {
             continue;
         }
         let n = batch.len() as u64;
-        let begin = w.conn.execute_batch("BEGIN IMMEDIATE");
+        let begin = begin_write(&w.conn);
         let mut replies = Vec::with_capacity(batch.len());
         let mut failed = begin.is_err();
         if !failed {
@@ -418,6 +418,27 @@ fn write_loop(w: &mut Writer, rx: mpsc::Receiver<Job>, stats: &CommitStats) {
         stats.max_batch.fetch_max(n, Ordering::Relaxed);
         for reply in replies {
             reply(commit.clone());
+        }
+    }
+}
+
+/// Starts the batch's write transaction. The checkpoint thread's
+/// connection can hold a lock for a moment (WAL recovery, a wal-index
+/// restart) in ways SQLite reports as busy without waiting on the busy
+/// handler; a few short retries ride that out instead of failing a batch.
+fn begin_write(conn: &Connection) -> rusqlite::Result<()> {
+    let mut tries = 0;
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 50 => {
+                if tries == 0 {
+                    tracing::debug!(error = %e, "spool: write transaction busy; retrying");
+                }
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
