@@ -291,13 +291,15 @@ async fn disk_full_answers_503_keeps_sync_routes_and_recovers() {
     );
     // Sync routes do not need the spool.
     assert_eq!(send(gw.addr, "b", b"{}").await.unwrap().0, 201);
-    assert!(
+    // The log is read on another thread: wait for the line.
+    let logged = wait_for(Duration::from_secs(5), || {
         log.lock()
             .unwrap()
             .iter()
-            .any(|l| l.contains("spool write failed") && l.contains("\"ERROR\"")),
-        "storage failure logged at error level"
-    );
+            .any(|l| l.contains("spool write failed") && l.contains("\"ERROR\""))
+    })
+    .await;
+    assert!(logged, "storage failure logged at error level");
 
     // Space returns.
     let ok = Command::new("prlimit")
