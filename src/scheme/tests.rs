@@ -128,8 +128,9 @@ const ED_SEED_B64: &str = "VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=";
 const ED_SIG: &str =
     "v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeFiL8Ag==";
 
-/// The `whpk_` public key of that seed, as a receiver is given it. Also
-/// derived here with `openssl pkey -pubout` as a cross-check.
+/// The `whpk_` public key of that seed, as a receiver is given it. The
+/// literal it is compared with below came from `openssl pkey -pubout` on the
+/// same seed: two derivations that must agree.
 fn ed_public() -> String {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     use base64::Engine;
@@ -187,7 +188,7 @@ fn standard_webhooks_v1a_known_answer_and_mixed_keys() {
     );
 }
 
-/// stripe-dotnet's fixed vector, the only one in Stripe's SDKs (stripe-node,
+/// stripe-dotnet's fixed vector, the only fixed one in Stripe's SDKs (stripe-node,
 /// -python, -go, -ruby, -php and -java sign their test headers at run time;
 /// docs.stripe.com/webhooks shows a header without its secret):
 /// https://github.com/stripe/stripe-dotnet/blob/master/src/StripeTests/Services/Events/EventUtilityTest.cs
