@@ -22,7 +22,6 @@ use crate::scheme::{self, presets, timestamp, Field, Key, SignatureCheck, Verify
 use crate::secret::{Environment, ProcessEnv};
 use crate::server;
 use crate::spool::cli::SpoolCommand;
-use crate::spool::sqlite::SqliteStore;
 use crate::spool::{worker, Spool};
 
 #[derive(Debug, Parser)]
@@ -545,9 +544,7 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
     // A spool that cannot be opened (corrupt, another version's, not a
     // spool) stops the start: it is never replaced.
     let store = match &config.spool {
-        Some(s) => Some(Arc::new(
-            SqliteStore::open(&s.path, s.max_bytes, true).map_err(|e| e.to_string())?,
-        )),
+        Some(s) => Some(crate::spool::open(s, true).await?),
         None => None,
     };
     let spool = store.clone().map(|s| Arc::new(Spool::new(s)));

@@ -60,6 +60,7 @@ const DEFAULT_SPOOL_RETRY: [u64; 10] = [
 ];
 const DEFAULT_SPOOL_MAX_AGE: Duration = Duration::from_secs(72 * 3600);
 const DEFAULT_REDELIVERY_CONCURRENCY: usize = 4;
+const DEFAULT_SPOOL_LEASE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Raw form: exactly what the file says.
@@ -79,7 +80,10 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSpool {
-    path: Spanned<PathBuf>,
+    backend: Option<Spanned<String>>,
+    path: Option<Spanned<PathBuf>>,
+    url: Option<Spanned<SecretSource>>,
+    lease: Option<Spanned<String>>,
     max_bytes: Option<Spanned<RawSize>>,
     retry: Option<Spanned<Vec<String>>>,
     max_age: Option<Spanned<String>>,
@@ -176,7 +180,10 @@ pub struct Config {
 /// `[spool]`: where undeliverable webhooks are kept and how they are retried.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spool {
-    /// The SQLite file, as written (relative to the working directory).
+    /// Where the records live (SPEC §8 SQLite, §11 PostgreSQL).
+    pub backend: Backend,
+    /// The SQLite file, as written (relative to the working directory);
+    /// empty with `backend = "postgres"`.
     pub path: PathBuf,
     /// Stored bytes (headers + bodies, pending + dead) beyond which writes get 503.
     pub max_bytes: u64,
@@ -186,6 +193,98 @@ pub struct Spool {
     pub max_age: Duration,
     /// Deliveries in flight per route once its upstream answers again.
     pub redelivery_concurrency: usize,
+}
+
+/// `spool.backend`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    /// One SQLite file on this host (`spool.path`).
+    Sqlite,
+    /// A PostgreSQL database shared by every instance (SPEC §11).
+    Postgres {
+        /// `spool.url`, loaded from where it says (env, file, credential).
+        url: DatabaseUrl,
+        /// How long a record taken for delivery stays this instance's
+        /// before another instance may take it over.
+        lease: Duration,
+    },
+}
+
+/// A PostgreSQL connection string. It usually carries a password, so it is
+/// never printed: `Debug` and [`DatabaseUrl::masked`] show it without one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    text: String,
+    /// Where it was loaded from, for messages.
+    pub source: String,
+}
+
+impl DatabaseUrl {
+    pub fn new(text: String, source: String) -> DatabaseUrl {
+        DatabaseUrl { text, source }
+    }
+
+    /// The full string, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+
+    /// The string with any password replaced by `***` (URL form
+    /// `scheme://user:password@host`, or a `password=` key/value pair).
+    pub fn masked(&self) -> String {
+        mask_password(&self.text)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.masked())
+    }
+}
+
+/// Replaces the password of a PostgreSQL connection string with `***`.
+pub fn mask_password(text: &str) -> String {
+    if let Some(scheme_end) = text.find("://") {
+        let rest = &text[scheme_end + 3..];
+        // The userinfo ends at the last '@' before the path.
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        let mut out = text.to_string();
+        if let Some(at) = authority.rfind('@') {
+            if let Some(colon) = authority[..at].find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                out.replace_range(start..scheme_end + 3 + at, "***");
+            }
+        }
+        // A password may also ride in the query (`?password=`).
+        return mask_query_password(&out);
+    }
+    // key=value form: mask the value of `password`.
+    let mut out = Vec::new();
+    for word in text.split_whitespace() {
+        match word.split_once('=') {
+            Some((k, _)) if k.trim().eq_ignore_ascii_case("password") => {
+                out.push(format!("{k}=***"))
+            }
+            _ => out.push(word.to_string()),
+        }
+    }
+    out.join(" ")
+}
+
+fn mask_query_password(url: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_string();
+    };
+    let (head, query) = url.split_at(q + 1);
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("{head}{}", parts.join("&"))
 }
 
 impl Spool {
@@ -531,7 +630,8 @@ fn build(
         replay_max_entries,
     };
 
-    let spool = raw.spool.map(|s| build_spool(s, r));
+    let spool_span = raw.spool.as_ref().map_or(0..0, Spanned::span);
+    let spool = raw.spool.map(|s| build_spool(s, env, r));
 
     let mut names: HashMap<String, Range<usize>> = HashMap::new();
     let mut places: HashSet<(Option<String>, String)> = HashSet::new();
@@ -574,6 +674,19 @@ fn build(
             routes.push(Arc::new(route));
         }
     }
+    if let Some(Some(Spool {
+        backend: Backend::Postgres { lease, .. },
+        ..
+    })) = &spool
+    {
+        // A lease shorter than a delivery's wait would let a second
+        // instance send the same record while the first still waits.
+        for route in routes.iter().filter(|r| r.delivery.spooled()) {
+            if route.upstream_timeout >= *lease {
+                r.add(spool_span.clone(), format!("spool.lease ({}) must be longer than route {:?}'s upstream_timeout ({}), or another instance takes over deliveries still waiting for their answer; raise lease", humantime::format_duration(*lease), route.name, humantime::format_duration(route.upstream_timeout)));
+            }
+        }
+    }
 
     Some(Config {
         origin: origin.to_path_buf(),
@@ -596,16 +709,11 @@ fn build(
     })
 }
 
-fn build_spool(raw: Spanned<RawSpool>, r: &mut Report<'_>) -> Option<Spool> {
+fn build_spool(raw: Spanned<RawSpool>, env: &dyn Environment, r: &mut Report<'_>) -> Option<Spool> {
+    let span = raw.span();
     let raw = raw.into_inner();
     let before = r.problems.len();
-    let path = raw.path.get_ref().clone();
-    if path.as_os_str().is_empty() {
-        r.add(
-            raw.path.span(),
-            "spool.path is empty; write a file name, e.g. \"hookgate-spool.db\"",
-        );
-    }
+    let (backend, path) = spool_backend(&raw, span, env, r);
     let max_bytes = match &raw.max_bytes {
         None => DEFAULT_SPOOL_MAX_BYTES,
         Some(v) => {
@@ -668,12 +776,92 @@ fn build_spool(raw: Spanned<RawSpool>, r: &mut Report<'_>) -> Option<Spool> {
         Some(v) => usize::try_from(*v.get_ref()).unwrap_or(DEFAULT_REDELIVERY_CONCURRENCY),
     };
     (r.problems.len() == before).then_some(Spool {
+        backend: backend?,
         path,
         max_bytes,
         retry,
         max_age,
         redelivery_concurrency,
     })
+}
+
+/// `spool.backend` with its keys: `path` for SQLite; `url` and `lease`
+/// for PostgreSQL. A key of the other backend is refused rather than
+/// silently ignored.
+fn spool_backend(
+    raw: &RawSpool,
+    span: Range<usize>,
+    env: &dyn Environment,
+    r: &mut Report<'_>,
+) -> (Option<Backend>, PathBuf) {
+    let backend = raw
+        .backend
+        .as_ref()
+        .map_or("sqlite", |b| b.get_ref().as_str());
+    match backend {
+        "sqlite" => {
+            for (key, at) in [
+                ("url", raw.url.as_ref().map(Spanned::span)),
+                ("lease", raw.lease.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(at) = at {
+                    r.add(at, format!("spool.{key} applies to backend = \"postgres\" only; remove it or set backend = \"postgres\""));
+                }
+            }
+            let Some(path) = &raw.path else {
+                r.add(span, "[spool] needs path = \"...\" (the SQLite file), e.g. path = \"hookgate-spool.db\"; or backend = \"postgres\" with url");
+                return (None, PathBuf::new());
+            };
+            if path.get_ref().as_os_str().is_empty() {
+                r.add(
+                    path.span(),
+                    "spool.path is empty; write a file name, e.g. \"hookgate-spool.db\"",
+                );
+            }
+            (Some(Backend::Sqlite), path.get_ref().clone())
+        }
+        "postgres" => {
+            if let Some(path) = &raw.path {
+                r.add(path.span(), "spool.path is the SQLite file; with backend = \"postgres\" the records live in the database named by spool.url; remove path");
+            }
+            let lease = duration(raw.lease.as_ref(), "spool.lease", DEFAULT_SPOOL_LEASE, r);
+            let Some(url) = &raw.url else {
+                r.add(span, "backend = \"postgres\" needs url = { env = \"HOOKGATE_DATABASE_URL\" } (or { file = \"...\" } / { credential = \"...\" }); the URL carries the password, so it is never written inline");
+                return (None, PathBuf::new());
+            };
+            let source = url.get_ref().describe();
+            let text = match url.get_ref().load(env) {
+                Ok(secret) => match String::from_utf8(secret.as_bytes().to_vec()) {
+                    Ok(t) => t.trim().to_string(),
+                    Err(_) => {
+                        r.add(url.span(), format!("spool.url ({source}) is not UTF-8 text; write a URL such as postgres://hookgate:PASSWORD@db.internal:5432/hookgate"));
+                        return (None, PathBuf::new());
+                    }
+                },
+                Err(e) => {
+                    r.add(
+                        url.span(),
+                        format!("spool.url: cannot load the database URL ({e})"),
+                    );
+                    return (None, PathBuf::new());
+                }
+            };
+            let url = DatabaseUrl::new(text, source);
+            if let Err(problem) = crate::spool::postgres::check_url(&url) {
+                r.add(
+                    raw.url.as_ref().map_or(span, Spanned::span),
+                    format!("spool.url ({}): {problem}", url.source),
+                );
+                return (None, PathBuf::new());
+            }
+            (Some(Backend::Postgres { url, lease }), PathBuf::new())
+        }
+        other => {
+            let at = raw.backend.as_ref().map_or(span, Spanned::span);
+            r.add(at, format!("spool.backend = {other:?} is not known; write \"sqlite\" (one host) or \"postgres\" (several instances, SPEC §11)"));
+            (None, PathBuf::new())
+        }
+    }
 }
 
 /// Parses "1GiB", "512MiB", "64KiB", "10MB", "1000B" or "1000".

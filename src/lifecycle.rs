@@ -53,6 +53,8 @@ pub enum ReloadError {
     TlsToggled(&'static str, &'static str),
     #[error("spool.path changed from {0} to {1}; the spool file cannot change on reload, restart hookgate to apply it")]
     SpoolChanged(String, String),
+    #[error("spool.backend, url or lease changed ({0} → {1}); the spool store cannot change on reload, restart hookgate to apply it")]
+    SpoolBackendChanged(String, String),
 }
 
 /// Loads `path` and, if it is valid and compatible with the running
@@ -92,6 +94,19 @@ pub fn reload(proxy: &Proxy, path: &Path, env: &dyn Environment) -> Result<usize
     };
     if o.spool.as_ref().map(|s| &s.path) != n.spool.as_ref().map(|s| &s.path) {
         return Err(ReloadError::SpoolChanged(spool_path(o), spool_path(n)));
+    }
+    if o.spool.as_ref().map(|s| &s.backend) != n.spool.as_ref().map(|s| &s.backend) {
+        // The URL's password stays masked in the message.
+        let describe = |c: &Config| match c.spool.as_ref().map(|s| &s.backend) {
+            None => "(no [spool])".to_string(),
+            Some(crate::config::Backend::Sqlite) => "sqlite".to_string(),
+            Some(crate::config::Backend::Postgres { url, lease }) => format!(
+                "postgres {} lease {}",
+                url.masked(),
+                humantime::format_duration(*lease)
+            ),
+        };
+        return Err(ReloadError::SpoolBackendChanged(describe(o), describe(n)));
     }
     if o.limits.max_connections != n.limits.max_connections {
         tracing::warn!("limits.max_connections changed; the new value applies after a restart");

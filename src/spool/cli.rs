@@ -13,9 +13,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 
+use std::sync::Arc;
+
+use super::postgres::{check_url, PgStore};
 use super::sqlite::SqliteStore;
 use super::{now_ms, Record, RecordState, Selection, Stats, Store, StoreError};
-use crate::config::DEFAULT_CONFIG_PATH;
+use crate::config::{DatabaseUrl, DEFAULT_CONFIG_PATH};
+use crate::secret::{ProcessEnv, SecretSource};
 
 /// Records `list` prints at most.
 const LIST_LIMIT: usize = 100_000;
@@ -104,8 +108,9 @@ pub fn run(command: SpoolCommand) -> ExitCode {
     }
 }
 
-/// `[spool] path` from the config file, without loading secrets.
-fn spool_path(config: &Path) -> Result<PathBuf, String> {
+/// The `[spool]` table of the config file, without loading the routes'
+/// secrets.
+fn spool_table(config: &Path) -> Result<toml::Table, String> {
     let text = std::fs::read_to_string(config).map_err(|e| {
         format!(
             "{}: cannot read config: {e}; check the path given to --config",
@@ -120,18 +125,57 @@ fn spool_path(config: &Path) -> Result<PathBuf, String> {
             config.display()
         )
     })?;
-    table
-        .get("spool")
-        .and_then(|s| s.get("path"))
-        .and_then(|p| p.as_str())
-        .map(PathBuf::from)
-        .ok_or_else(|| format!("{}: no [spool] path is configured", config.display()))
+    match table.get("spool") {
+        Some(toml::Value::Table(t)) => Ok(t.clone()),
+        _ => Err(format!("{}: no [spool] is configured", config.display())),
+    }
 }
 
-fn open(common: &Common) -> Result<SqliteStore, String> {
-    let path = spool_path(&common.config)?;
-    // The budget is the gateway's business; the CLI never adds records.
-    SqliteStore::open(&path, u64::MAX, false).map_err(|e| e.to_string())
+async fn open(common: &Common) -> Result<Arc<dyn Store>, String> {
+    let config = &common.config;
+    let spool = spool_table(config)?;
+    match spool.get("backend").and_then(|b| b.as_str()) {
+        Some("postgres") => {
+            let source: SecretSource = spool
+                .get("url")
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "{}: backend = \"postgres\" needs spool.url",
+                        config.display()
+                    )
+                })?
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    format!(
+                        "{}: spool.url: {}",
+                        config.display(),
+                        e.message().trim_end()
+                    )
+                })?;
+            let text = source
+                .load(&ProcessEnv)
+                .map_err(|e| format!("{}: spool.url: {e}", config.display()))?;
+            let text = String::from_utf8(text.as_bytes().to_vec())
+                .map_err(|_| format!("{}: spool.url is not UTF-8 text", config.display()))?;
+            let url = DatabaseUrl::new(text.trim().to_string(), source.describe());
+            check_url(&url)
+                .map_err(|e| format!("{}: spool.url ({}): {e}", config.display(), url.source))?;
+            // The lease only matters to deliveries, which the CLI never makes.
+            let store = PgStore::open(&url, u64::MAX, Duration::from_secs(30)).await?;
+            Ok(Arc::new(store))
+        }
+        _ => {
+            let path = spool
+                .get("path")
+                .and_then(|p| p.as_str())
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{}: no [spool] path is configured", config.display()))?;
+            // The budget is the gateway's business; the CLI never adds records.
+            let store = SqliteStore::open(&path, u64::MAX, false).map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 fn selection(target: Target) -> Result<Selection, String> {
@@ -149,7 +193,7 @@ async fn execute(command: SpoolCommand) -> Result<(), String> {
     let err = |e: StoreError| e.to_string();
     match command {
         SpoolCommand::Stats { common, json } => {
-            let store = open(&common)?;
+            let store = open(&common).await?;
             let stats = store.stats().await.map_err(err)?;
             store.close();
             print_stats(&stats, json);
@@ -160,7 +204,7 @@ async fn execute(command: SpoolCommand) -> Result<(), String> {
             state,
             json,
         } => {
-            let store = open(&common)?;
+            let store = open(&common).await?;
             let records = match route {
                 Some(route) => store
                     .list(Selection::Route { route, state }, LIST_LIMIT)
@@ -185,7 +229,7 @@ async fn execute(command: SpoolCommand) -> Result<(), String> {
             print_list(&records, json);
         }
         SpoolCommand::Show { common, id } => {
-            let store = open(&common)?;
+            let store = open(&common).await?;
             let found = store
                 .list(Selection::Ids(vec![id.clone()]), 1)
                 .await
@@ -205,8 +249,8 @@ async fn execute(command: SpoolCommand) -> Result<(), String> {
         }
         SpoolCommand::Retry { common, target } => {
             let sel = selection(target)?;
-            let store = open(&common)?;
-            let missing = missing_ids(&store, &sel).await?;
+            let store = open(&common).await?;
+            let missing = missing_ids(store.as_ref(), &sel).await?;
             let n = store.retry(sel, now_ms()).await.map_err(err)?;
             store.close();
             println!("{n} record(s) pending again; the gateway picks them up within a second");
@@ -219,8 +263,8 @@ async fn execute(command: SpoolCommand) -> Result<(), String> {
                 return Err("drop --route needs --state dead (pending records are still being delivered; name ids to drop those)".into());
             }
             let sel = selection(target)?;
-            let store = open(&common)?;
-            let missing = missing_ids(&store, &sel).await?;
+            let store = open(&common).await?;
+            let missing = missing_ids(store.as_ref(), &sel).await?;
             let n = store.drop_records(sel).await.map_err(err)?;
             store.close();
             tracing::info!(records = n, "spool: records dropped by operator");
@@ -234,7 +278,7 @@ async fn execute(command: SpoolCommand) -> Result<(), String> {
 }
 
 /// Ids of a selection that are not in the spool, as an error message.
-async fn missing_ids(store: &SqliteStore, sel: &Selection) -> Result<Option<String>, String> {
+async fn missing_ids(store: &dyn Store, sel: &Selection) -> Result<Option<String>, String> {
     let Selection::Ids(ids) = sel else {
         return Ok(None);
     };

@@ -16,6 +16,7 @@
 //! (SQLite: the commit's fsync returned).
 
 pub mod cli;
+pub mod postgres;
 pub mod sqlite;
 pub mod worker;
 
@@ -198,6 +199,38 @@ pub trait Store: Send + Sync + 'static {
     fn drop_records(&self, selection: Selection) -> StoreFuture<'_, u64>;
     /// Applies a new `max_bytes` (reload).
     fn set_capacity(&self, bytes: u64);
+    /// Whether [`Store::due`] leases what it returns (several instances
+    /// share the store): records in flight are then never returned again
+    /// until completed or the lease passed, so the worker asks for exactly
+    /// as many as it will send.
+    fn leases(&self) -> bool {
+        false
+    }
+    /// For a store behind a server (PostgreSQL): a cheap round trip whose
+    /// `Ok` means writes can work again, so `/readyz` recovers without
+    /// waiting for a request to succeed. `None`: health follows writes only.
+    fn health_check(&self) -> Option<StoreFuture<'_, ()>> {
+        None
+    }
+    /// Finishes queued writes and releases the storage (may block).
+    fn close(&self) {}
+}
+
+/// Opens the store `cfg` names (`create`: SQLite creates a missing file;
+/// PostgreSQL always creates or migrates the schema). Errors are one line
+/// naming the file or the database (password masked).
+pub async fn open(cfg: &crate::config::Spool, create: bool) -> Result<Arc<dyn Store>, String> {
+    match &cfg.backend {
+        crate::config::Backend::Sqlite => {
+            let store = sqlite::SqliteStore::open(&cfg.path, cfg.max_bytes, create)
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        }
+        crate::config::Backend::Postgres { url, lease } => {
+            let store = postgres::PgStore::open(url, cfg.max_bytes, *lease).await?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.

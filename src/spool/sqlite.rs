@@ -737,6 +737,10 @@ impl Store for SqliteStore {
     fn set_capacity(&self, bytes: u64) {
         self.capacity.store(bytes, Ordering::Relaxed);
     }
+
+    fn close(&self) {
+        SqliteStore::close(self);
+    }
 }
 
 /// `PRAGMA integrity_check` on a spool file (tests and operators).

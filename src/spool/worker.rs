@@ -120,7 +120,15 @@ pub async fn run(proxy: Arc<Proxy>, spool: Arc<Spool>, mut stop: watch::Receiver
                 queue.clear();
             }
             if queue.is_empty() {
-                let limit = if open { 1 } else { READ_AHEAD } + flying.len();
+                // A leasing store (PostgreSQL) leases what it returns and
+                // never returns records in flight: read only what goes out
+                // now, or the rest would sit leased, out of every other
+                // instance's reach, until the lease passes.
+                let limit = if spool.store.leases() {
+                    slots
+                } else {
+                    (if open { 1 } else { READ_AHEAD }) + flying.len()
+                };
                 match spool.store.due(&route.name, now_ms(), limit, open).await {
                     Ok(due) => queue.extend(due.into_iter().filter(|r| !flying.contains(&r.id))),
                     Err(e) => {
@@ -360,6 +368,15 @@ pub async fn gauges(proxy: Arc<Proxy>, spool: Arc<Spool>) {
         let Some(cfg) = &state.config.spool else {
             return;
         };
+        if let Some(check) = spool.store.health_check() {
+            // A database server: /readyz follows whether it answers, also
+            // while no request comes in to find out.
+            let failing = check.await.is_err();
+            if spool.health.is_failing() != failing {
+                tracing::warn!(reachable = !failing, "spool: database reachability changed");
+            }
+            spool.health.set_failing(failing);
+        }
         let stats = match spool.store.stats().await {
             Ok(s) => s,
             Err(e) => {
