@@ -34,7 +34,11 @@ impl Readiness {
         let _ = self.spool.set(health);
     }
     pub fn get(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.spool.get().is_some_and(|h| h.is_failing())
+        self.ready.load(Ordering::Acquire) && !self.spool_failing()
+    }
+    /// Why not ready, when it is the spool.
+    pub fn spool_failing(&self) -> bool {
+        self.spool.get().is_some_and(|h| h.is_failing())
     }
 }
 
@@ -81,6 +85,10 @@ fn answer(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if ready.get() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if ready.spool_failing() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the spool cannot be written (storage or database unreachable; see the error log)\n",
+        ),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -158,7 +158,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     c.routes.len(),
                     if c.routes.len() == 1 { "" } else { "s" }
                 );
-                ExitCode::SUCCESS
+                check_database(&c)
             }
             Err(e) => {
                 for line in e.problems() {
@@ -200,6 +200,46 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run { config } => serve(&config),
         Command::Spool { command } => crate::spool::cli::run(command),
     }
+}
+
+/// `hookgate check` with a PostgreSQL spool: connects and reports the
+/// schema version it finds (without changing it).
+fn check_database(config: &Config) -> ExitCode {
+    let Some(crate::config::Backend::Postgres { url, .. }) =
+        config.spool.as_ref().map(|s| &s.backend)
+    else {
+        return ExitCode::SUCCESS;
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hookgate check: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let current = crate::spool::postgres::schema_version();
+    match runtime.block_on(crate::spool::postgres::inspect(url)) {
+        Ok(0) => println!(
+            "{}: spool database reachable; schema not created yet (hookgate run creates version {current})",
+            url.masked()
+        ),
+        Ok(v) if v < current => println!(
+            "{}: spool database reachable; schema version {v} (hookgate run migrates it to {current})",
+            url.masked()
+        ),
+        Ok(v) => println!(
+            "{}: spool database reachable; schema version {v} (current)",
+            url.masked()
+        ),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `file:line:col: warning: route "x": ...`, one per warning.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use hookgate::spool::{Selection, Store};
+use hookgate::spool::Selection;
 use tokio::time::Instant;
 
 /// Short steps so a test's whole schedule runs in about a second.
@@ -28,8 +28,7 @@ request_timeout = "2s"
 upstream_timeout = "400ms"
 
 [spool]
-path = "{}"
-{spool_extra}
+{}{spool_extra}
 
 [[route]]
 name = "a"
@@ -38,7 +37,7 @@ upstream = "http://{upstream}"
 secret = {{ env = "SECRET_A" }}
 delivery = "{delivery}"
 "#,
-        dir.join("spool.db").display()
+        spool_store(dir)
     )
 }
 
@@ -143,30 +142,24 @@ async fn upstream_down_then_back_delivers_byte_identical_with_same_id() {
         .find(|r| r.header("x-hookgate-delivery") == Some(&sent[0].0))
         .unwrap();
     assert_eq!(first.header("x-hookgate-attempt"), Some("2"));
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            futures_pending(&gw) == (0, 0)
-        })
-        .await
-    );
+    assert!(pending_becomes(&gw, Duration::from_secs(5), (0, 0)).await);
     gw.stop().await;
 }
 
-/// `pending` without await, for `eventually`.
-fn futures_pending(gw: &Gateway) -> (u64, u64) {
-    let store = gw.store.clone().unwrap();
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(store.stats())
-            .unwrap()
-            .routes
-            .iter()
-            .fold((0, 0), |(p, d), r| (p + r.pending, d + r.dead))
-    })
-    .join()
-    .unwrap()
+/// Polls the store's counts every 20 ms until they are `want` (true) or
+/// `within` has passed (false). Async: a database store's connections are
+/// driven by this test's runtime.
+async fn pending_becomes(gw: &Gateway, within: Duration, want: (u64, u64)) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if pending(gw).await == want {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// 500, 503 and 429 answers and a hanging upstream count as failures: the
@@ -252,7 +245,7 @@ async fn always_queues_then_delivers() {
     assert_eq!(r.header("x-hookgate-delivery"), Some(id.as_str()));
     assert_eq!(r.header("x-hookgate-attempt"), Some("1"));
     assert_eq!(r.body, body);
-    assert!(eventually(Duration::from_secs(2), || futures_pending(&gw) == (0, 0)).await);
+    assert!(pending_becomes(&gw, Duration::from_secs(2), (0, 0)).await);
     let text = gw.metrics().await;
     assert_eq!(
         sample(
@@ -281,7 +274,7 @@ async fn gone_is_dead_bad_request_retried_retry_after_honoured() {
     let up = Upstream::start(Behaviour::Status(410, None)).await;
     let gw = Gateway::start(&config(dir.path(), up.addr, "always", FAST)).await;
     assert_eq!(raw(gw.addr, &webhook(1).2).await.0.status, 202);
-    assert!(eventually(Duration::from_secs(3), || futures_pending(&gw) == (0, 1)).await);
+    assert!(pending_becomes(&gw, Duration::from_secs(3), (0, 1)).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(up.count(), 1, "a dead record is not tried again");
     let dead = gw
@@ -305,7 +298,7 @@ async fn gone_is_dead_bad_request_retried_retry_after_honoured() {
     let up = Upstream::start(Behaviour::Status(400, None)).await;
     let gw = Gateway::start(&config(dir.path(), up.addr, "always", FAST)).await;
     assert_eq!(raw(gw.addr, &webhook(2).2).await.0.status, 202);
-    assert!(eventually(Duration::from_secs(5), || futures_pending(&gw) == (0, 1)).await);
+    assert!(pending_becomes(&gw, Duration::from_secs(5), (0, 1)).await);
     let got = up.received();
     assert_eq!(got.len(), 4);
     let steps = [150u64, 300, 600];
@@ -354,7 +347,7 @@ async fn gone_is_dead_bad_request_retried_retry_after_honoured() {
         gap >= Duration::from_millis(950),
         "Retry-After ignored: {gap:?}"
     );
-    assert!(eventually(Duration::from_secs(5), || futures_pending(&gw) == (0, 0)).await);
+    assert!(pending_becomes(&gw, Duration::from_secs(5), (0, 0)).await);
     gw.stop().await;
 }
 
@@ -421,7 +414,7 @@ delivery = "sync"
     );
 
     let up = Upstream::start_at(down, Behaviour::Respond).await;
-    assert!(eventually(Duration::from_secs(10), || futures_pending(&gw) == (0, 0)).await);
+    assert!(pending_becomes(&gw, Duration::from_secs(10), (0, 0)).await);
     assert_eq!(up.count(), 3);
     let (resp, _) = raw(gw.addr, &post("/webhooks/a", Some(&sig), &body, "")).await;
     assert_eq!(resp.status, 201, "the app is back: forwarded again");

@@ -2,6 +2,8 @@
 //! captures exactly what reached it on the wire, and raw/hyper clients.
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod pg;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,8 +14,7 @@ use hookgate::admin::Readiness;
 use hookgate::config::Config;
 use hookgate::metrics::Metrics;
 use hookgate::proxy::Proxy;
-use hookgate::spool::sqlite::SqliteStore;
-use hookgate::spool::{worker, Spool};
+use hookgate::spool::{worker, Spool, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -299,8 +300,9 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub proxy: Arc<Proxy>,
-    /// The spool file, when the config has `[spool]`.
-    pub store: Option<Arc<SqliteStore>>,
+    /// The spool store (SQLite file or PostgreSQL), when the config has
+    /// `[spool]`.
+    pub store: Option<Arc<dyn Store>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -316,14 +318,15 @@ impl Gateway {
         let admin = admin_listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         metrics.config_loaded(true);
-        let store = config.spool.as_ref().map(|s| {
-            Arc::new(
-                SqliteStore::open(&s.path, s.max_bytes, true).unwrap_or_else(|e| panic!("{e}")),
-            )
-        });
-        let spool = store
-            .clone()
-            .map(|s| Arc::new(Spool::new(s as Arc<dyn hookgate::spool::Store>)));
+        let store = match &config.spool {
+            Some(s) => Some(
+                hookgate::spool::open(s, true)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            None => None,
+        };
+        let spool = store.clone().map(|s| Arc::new(Spool::new(s)));
         let proxy = Arc::new(Proxy::with_spool(config, metrics.clone(), spool.clone()));
         let ready = Arc::new(Readiness::default());
         ready.set(true);
@@ -422,6 +425,27 @@ pub async fn metrics_at(admin: SocketAddr) -> String {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     String::from_utf8(resp.body).unwrap()
+}
+
+/// The `[spool]` keys that choose the store for the spool tests, which run
+/// once per backend from the same bodies (a matrix, not copies):
+/// `tests/spool.rs` on SQLite (a file in `dir`), and `tests/spool_pg.rs`,
+/// which includes that file, on PostgreSQL (a fresh database on this
+/// binary's throwaway cluster, the URL passed by file like a secret). The
+/// test binary's crate name picks. Without PostgreSQL installed the
+/// `_pg` binary says so loudly and runs on SQLite.
+pub fn spool_store(dir: &Path) -> String {
+    if env!("CARGO_CRATE_NAME").ends_with("_pg") {
+        if let Some(cluster) = pg::shared() {
+            let url_file = dir.join("database-url");
+            std::fs::write(&url_file, cluster.database()).unwrap();
+            return format!(
+                "backend = \"postgres\"\nurl = {{ file = \"{}\" }}\nlease = \"5s\"\n",
+                url_file.display()
+            );
+        }
+    }
+    format!("path = \"{}\"\n", dir.join("spool.db").display())
 }
 
 /// A config with route "a" (SECRET_A) on /webhooks/a and route "b"
