@@ -1,0 +1,474 @@
+//! Several instances on one PostgreSQL database (SPEC §11), against a real
+//! throwaway cluster (tests/common/pg.rs): schema migration and refusal,
+//! `hookgate check`, a lease taken over after an instance is killed with
+//! SIGKILL, and the database stopped under load. The backend-neutral spool
+//! behaviour runs on PostgreSQL in tests/spool_pg.rs.
+//!
+//! Every test skips (loudly, from the cluster helper) only when no
+//! `postgres` binary exists; `.ci/run` installs it.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::pg::{self, Cluster};
+use common::*;
+use hookgate::config::DatabaseUrl;
+use hookgate::spool::postgres::PgStore;
+use hookgate::spool::{NewRecord, Store};
+use tokio::time::Instant;
+
+/// A password that must never be printed (trust auth ignores it).
+const PASSWORD: &str = "pw-never-printed-7f3a";
+
+fn with_password(url: &str) -> String {
+    url.replace("unused-password", PASSWORD)
+}
+
+fn db_url(url: &str) -> DatabaseUrl {
+    DatabaseUrl::new(with_password(url), "env HOOKGATE_DATABASE_URL".into())
+}
+
+fn record(id: &str) -> NewRecord {
+    NewRecord {
+        id: id.into(),
+        route: "a".into(),
+        received_ms: 1,
+        method: "POST".into(),
+        target: "/x".into(),
+        headers: b"host: h\r\n".to_vec(),
+        body: b"{}".to_vec(),
+        attempts: 0,
+        next_attempt_ms: 0,
+        last_status: None,
+        last_error: None,
+    }
+}
+
+/// A config for the binary: route "a" with `delivery`, the spool on the
+/// database in `HOOKGATE_DATABASE_URL`.
+fn binary_config(
+    dir: &Path,
+    upstream: SocketAddr,
+    delivery: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[limits]
+request_timeout = "2s"
+upstream_timeout = "2s"
+
+[spool]
+backend = "postgres"
+url = {{ env = "HOOKGATE_DATABASE_URL" }}
+retry = ["200ms", "400ms", "800ms"]
+{extra}
+
+[[route]]
+name = "a"
+path = "/webhooks/a"
+upstream = "http://{upstream}"
+secret = {{ env = "SECRET_A" }}
+delivery = "{delivery}"
+"#
+    );
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs the binary off the runtime, so this test's own database
+/// connections keep being driven meanwhile (a rollback still queued on one
+/// would otherwise hold its locks).
+async fn hookgate(args: &[&str], url: &str) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hookgate"));
+    command
+        .args(args)
+        .env("HOOKGATE_DATABASE_URL", url)
+        .env("SECRET_A", SECRET_A);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `cond` every 20 ms for up to `within`.
+async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// Sends one signed webhook to route "a": (status, delivery id).
+async fn send(addr: SocketAddr, path: &str, n: usize) -> (u16, Option<String>) {
+    let body = format!(r#"{{"event":"generation.completed","n":{n}}}"#).into_bytes();
+    let secret = if path.ends_with("/b") {
+        SECRET_B
+    } else {
+        SECRET_A
+    };
+    let req = post(path, Some(&sign(secret, &body)), &body, "");
+    let (resp, _) = raw(addr, &req).await;
+    (
+        resp.status,
+        resp.header("x-hookgate-delivery").map(str::to_string),
+    )
+}
+
+/// Empty database → schema created at version 1; a re-run changes
+/// nothing and keeps the records; two instances starting at once migrate
+/// once; a newer schema is refused by the store, `hookgate check` and
+/// `hookgate run` with a message naming the versions and the database,
+/// its password masked.
+#[tokio::test]
+async fn schema_is_created_migrated_once_and_newer_refused() {
+    let Some(cluster) = pg::shared() else { return };
+    let url = cluster.database();
+    let db = pg::database_name(&url).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path(), "127.0.0.1:9".parse().unwrap(), "always", "");
+
+    let (ok, out, err) = hookgate(
+        &["check", "--config", config.to_str().unwrap()],
+        &with_password(&url),
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("schema not created yet"), "{out}");
+    assert!(out.contains("***") && !out.contains(PASSWORD), "{out}");
+
+    // Two instances starting together on the empty database.
+    let target = db_url(&url);
+    let (a, b) = tokio::join!(
+        PgStore::open(&target, 1 << 30, Duration::from_secs(30)),
+        PgStore::open(&target, 1 << 30, Duration::from_secs(30)),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.schema_version(), 1);
+    assert_eq!(
+        cluster
+            .psql(&db, "SELECT version FROM hookgate_schema")
+            .trim(),
+        "1"
+    );
+    a.put(record("r1")).await.unwrap();
+    a.close();
+    b.close();
+
+    // Re-run on an up-to-date schema: nothing changes, the record stays.
+    let again = PgStore::open(&db_url(&url), 1 << 30, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(again.stats().await.unwrap().routes[0].pending, 1);
+    again.close();
+    assert_eq!(
+        cluster
+            .psql(&db, "SELECT count(*) FROM hookgate_schema")
+            .trim(),
+        "1"
+    );
+    let (ok, out, _) = hookgate(
+        &["check", "--config", config.to_str().unwrap()],
+        &with_password(&url),
+    )
+    .await;
+    assert!(ok && out.contains("schema version 1 (current)"), "{out}");
+
+    // A newer hookgate migrated this database: refuse, never touch it.
+    cluster.psql(&db, "UPDATE hookgate_schema SET version = 99");
+    let err = PgStore::open(&db_url(&url), 1 << 30, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("version 99") && err.contains("newer than this hookgate reads (version 1)"),
+        "{err}"
+    );
+    assert!(err.contains("***") && !err.contains(PASSWORD), "{err}");
+    let (ok, out, err) = hookgate(
+        &["check", "--config", config.to_str().unwrap()],
+        &with_password(&url),
+    )
+    .await;
+    assert!(!ok && err.contains("version 99"), "{out}{err}");
+    let (ok, out, err) = hookgate(
+        &["run", "--config", config.to_str().unwrap()],
+        &with_password(&url),
+    )
+    .await;
+    assert!(!ok && err.contains("version 99"), "{out}{err}");
+    assert!(!err.contains(PASSWORD) && !out.contains(PASSWORD));
+    assert_eq!(
+        cluster
+            .psql(&db, "SELECT count(*) FROM hookgate_webhook")
+            .trim(),
+        "1"
+    );
+}
+
+/// A database that cannot be reached: `hookgate check` and `hookgate run`
+/// fail with one line naming the database, password masked.
+#[tokio::test]
+async fn unreachable_database_is_named_without_its_password() {
+    let Some(_cluster) = pg::shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path(), "127.0.0.1:9".parse().unwrap(), "always", "");
+    let closed = closed_port().await;
+    let url = format!("postgres://hookgate:{PASSWORD}@{closed}/nowhere");
+    for cmd in ["check", "run"] {
+        let (ok, out, err) = hookgate(&[cmd, "--config", config.to_str().unwrap()], &url).await;
+        assert!(!ok, "{cmd}: {out}{err}");
+        assert!(
+            err.contains(&format!("postgres://hookgate:***@{closed}/nowhere")),
+            "{cmd}: {err}"
+        );
+        assert!(
+            !err.contains(PASSWORD) && !out.contains(PASSWORD),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+/// Instance A spools six webhooks and takes four for delivery (leased)
+/// to an app that hangs; A is killed with SIGKILL. Instance B, on the same
+/// database, delivers the two A never took at once and the four it had
+/// leased only after the lease: every acknowledged webhook delivered,
+/// each exactly once with a 2xx.
+#[tokio::test]
+async fn killed_instance_leases_are_taken_over_after_lease() {
+    let Some(cluster) = pg::shared() else { return };
+    let url = with_password(&cluster.database());
+    let up = Upstream::start(Behaviour::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lease = Duration::from_secs(4);
+    let config = binary_config(
+        dir.path(),
+        up.addr,
+        "always",
+        "lease = \"4s\"\nredelivery_concurrency = 4",
+    );
+    let env = [
+        ("HOOKGATE_DATABASE_URL", url.as_str()),
+        ("SECRET_A", SECRET_A),
+    ];
+
+    let mut a = spawn_run(&config, &env);
+    let mut acked = Vec::new();
+    for n in 0..6 {
+        let (status, id) = send(a.addr, "/webhooks/a", n).await;
+        assert_eq!(status, 202);
+        acked.push(id.unwrap());
+    }
+    // A's worker leases four (its concurrency) and waits on the app.
+    assert!(eventually(Duration::from_secs(5), || up.count() >= 4).await);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let taken_by_a: HashMap<String, Instant> = up
+        .received()
+        .iter()
+        .map(|r| (r.header("x-hookgate-delivery").unwrap().to_string(), r.at))
+        .collect();
+    assert_eq!(taken_by_a.len(), 4, "A holds four leases");
+    let seen_before_b = up.count();
+    up.set(Behaviour::Respond);
+
+    let mut b = spawn_run(&config, &env);
+    let all: HashSet<String> = acked.iter().cloned().collect();
+    let delivered = || -> HashMap<String, Vec<Instant>> {
+        let mut by_id: HashMap<String, Vec<Instant>> = HashMap::new();
+        for r in up.received().into_iter().skip(seen_before_b) {
+            by_id
+                .entry(r.header("x-hookgate-delivery").unwrap().to_string())
+                .or_default()
+                .push(r.at);
+        }
+        by_id
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || delivered().len() == all.len()).await,
+        "not every acknowledged webhook was delivered: {:?}",
+        delivered().keys().collect::<Vec<_>>()
+    );
+    let got = delivered();
+    for id in &acked {
+        let times = &got[id];
+        assert_eq!(times.len(), 1, "{id} delivered {} times by B", times.len());
+        if let Some(taken) = taken_by_a.get(id) {
+            // Not before A's lease ran out (database clock; 300 ms slack).
+            assert!(
+                times[0] + Duration::from_millis(300) >= *taken + lease,
+                "{id} taken over {:?} after A took it, lease is {lease:?}",
+                times[0] - *taken
+            );
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &b.child.id().to_string()])
+        .status();
+    assert!(b.child.wait().unwrap().success());
+}
+
+/// Under load the database is stopped and started again: every answer on
+/// the `always` route is 202 or 503 (never a 2xx without a commit);
+/// while it is down, spool-bound requests get 503, `/readyz` says the spool
+/// cannot be written, and a `sync` route and an `on_failure` route whose
+/// app answers keep working; once it is back the gateway reconnects by
+/// itself and everything acknowledged is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_stopped_under_load_never_acknowledges_without_commit() {
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, with_password(&cluster.database())).unwrap();
+    let up = Upstream::start(Behaviour::Respond).await;
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[limits]
+request_timeout = "2s"
+upstream_timeout = "2s"
+
+[spool]
+backend = "postgres"
+url = {{ file = "{}" }}
+lease = "5s"
+retry = ["200ms", "400ms"]
+
+[[route]]
+name = "a"
+path = "/webhooks/a"
+upstream = "http://{up}"
+secret = {{ env = "SECRET_A" }}
+delivery = "always"
+
+[[route]]
+name = "b"
+path = "/webhooks/b"
+upstream = "http://{up}"
+secret = {{ env = "SECRET_B" }}
+delivery = "sync"
+
+[[route]]
+name = "c"
+path = "/webhooks/c"
+upstream = "http://{up}"
+secret = {{ env = "SECRET_A" }}
+delivery = "on_failure"
+"#,
+        url_file.display(),
+        up = up.addr
+    );
+    let gw = Gateway::start(&text).await;
+    let addr = gw.addr;
+
+    // Four clients keep sending to the `always` route while the database
+    // goes away.
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for c in 0..4 {
+        let stop = stop_load.clone();
+        load.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = c * 100_000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && answers.len() < 2000 {
+                answers.push(send(addr, "/webhooks/a", n).await);
+                n += 1;
+            }
+            answers
+        }));
+    }
+    assert!(eventually(Duration::from_secs(5), || up.count() >= 20).await);
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop();
+        cluster
+    })
+    .await
+    .unwrap();
+
+    // Down: spool-bound 503, the rest keeps working, /readyz says why.
+    for n in 0..5 {
+        assert_eq!(send(addr, "/webhooks/a", 900_000 + n).await, (503, None));
+    }
+    assert_eq!(send(addr, "/webhooks/b", 1).await.0, 201, "sync route");
+    let (status, id) = send(addr, "/webhooks/c", 2).await;
+    assert_eq!(status, 201, "on_failure route, app answering");
+    assert!(id.is_none(), "a relayed answer carries no delivery id");
+    let (status, body) = gw.admin_get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("spool cannot be written"), "{body}");
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.run();
+        cluster
+    })
+    .await
+    .unwrap();
+    // Back: the gateway reconnects by itself.
+    let mut back = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if gw.admin_get("/readyz").await.0 == 200
+            && send(addr, "/webhooks/a", 950_000).await.0 == 202
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "no 202 within 10 s of the database's return");
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = HashSet::new();
+    let mut refused = 0;
+    for task in load {
+        for (status, id) in task.await.unwrap() {
+            match status {
+                202 => {
+                    acked.insert(id.expect("a 202 carries its delivery id"));
+                }
+                503 => refused += 1,
+                other => panic!("answer {other} on a spool-bound route"),
+            }
+        }
+    }
+    assert!(refused > 0, "the load saw the outage");
+    // Everything acknowledged reaches the app once the database is back.
+    let delivered = || -> HashSet<String> {
+        up.received()
+            .iter()
+            .filter_map(|r| r.header("x-hookgate-delivery").map(str::to_string))
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || acked.is_subset(&delivered())).await,
+        "{} acknowledged, {} of them delivered",
+        acked.len(),
+        acked.intersection(&delivered()).count()
+    );
+    gw.stop().await;
+    drop(cluster);
+}
