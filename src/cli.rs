@@ -651,14 +651,9 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
         // Off the runtime: joining the writer thread blocks.
         let _ = tokio::task::spawn_blocking(move || {
             store.close();
-            let s = &store.commit_stats;
-            let relaxed = std::sync::atomic::Ordering::Relaxed;
-            tracing::info!(
-                commits = s.commits.load(relaxed),
-                writes = s.jobs.load(relaxed),
-                max_batch = s.max_batch.load(relaxed),
-                "spool closed"
-            );
+            if let Some((commits, writes, max_batch)) = store.group_commits() {
+                tracing::info!(commits, writes, max_batch, "spool closed");
+            }
         })
         .await;
     }

@@ -214,6 +214,10 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Finishes queued writes and releases the storage (may block).
     fn close(&self) {}
+    /// Group-commit counters so far: (commits, writes, largest batch).
+    fn group_commits(&self) -> Option<(u64, u64, u64)> {
+        None
+    }
 }
 
 /// Opens the store `cfg` names (`create`: SQLite creates a missing file;

@@ -754,14 +754,16 @@ impl Store for PgStore {
 
     fn close(&self) {
         self.pool.close();
+        tracing::debug!(database = %self.where_, "spool closed");
+    }
+
+    fn group_commits(&self) -> Option<(u64, u64, u64)> {
         let s = &self.commit_stats;
-        tracing::info!(
-            database = %self.where_,
-            commits = s.commits.load(Ordering::Relaxed),
-            writes = s.jobs.load(Ordering::Relaxed),
-            max_batch = s.max_batch.load(Ordering::Relaxed),
-            "spool closed"
-        );
+        Some((
+            s.commits.load(Ordering::Relaxed),
+            s.jobs.load(Ordering::Relaxed),
+            s.max_batch.load(Ordering::Relaxed),
+        ))
     }
 }
 

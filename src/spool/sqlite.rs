@@ -741,6 +741,15 @@ impl Store for SqliteStore {
     fn close(&self) {
         SqliteStore::close(self);
     }
+
+    fn group_commits(&self) -> Option<(u64, u64, u64)> {
+        let s = &self.commit_stats;
+        Some((
+            s.commits.load(Ordering::Relaxed),
+            s.jobs.load(Ordering::Relaxed),
+            s.max_batch.load(Ordering::Relaxed),
+        ))
+    }
 }
 
 /// `PRAGMA integrity_check` on a spool file (tests and operators).
