@@ -1475,6 +1475,67 @@ secret = { env = "S" }
     }
 
     #[test]
+    fn postgres_spool_url_by_reference_lease_and_refusals() {
+        let mut e = env();
+        e.insert(
+            "DB".into(),
+            "postgres://hg:pa55word@db.internal:5432/hookgate\n".into(),
+        );
+        e.insert(
+            "TLS_DB".into(),
+            "postgres://hg:pa55word@db/x?sslmode=require".into(),
+        );
+        let load = |spool: &str| {
+            let text = format!("{MINIMAL}\n[spool]\n{spool}\n");
+            Config::from_toml_str(&text, Path::new("t.toml"), &e)
+        };
+        let c = load("backend = \"postgres\"\nurl = { env = \"DB\" }").unwrap();
+        let s = c.spool.unwrap();
+        let Backend::Postgres { url, lease } = &s.backend else {
+            panic!("{:?}", s.backend)
+        };
+        assert_eq!(
+            url.expose(),
+            "postgres://hg:pa55word@db.internal:5432/hookgate"
+        );
+        assert_eq!(*lease, Duration::from_secs(30));
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("hg:***@db.internal") && !shown.contains("pa55word"),
+            "{shown}"
+        );
+
+        let problems = |spool: &str| load(spool).unwrap_err().problems();
+        let p = problems("backend = \"postgres\"");
+        assert!(p[0].contains("needs url = { env"), "{p:?}");
+        let p = problems("backend = \"postgres\"\nurl = { env = \"DB\" }\npath = \"s.db\"");
+        assert!(p[0].contains("remove path"), "{p:?}");
+        let p = problems("path = \"s.db\"\nlease = \"10s\"");
+        assert!(
+            p[0].contains("spool.lease applies to backend = \"postgres\" only"),
+            "{p:?}"
+        );
+        let p = problems("backend = \"mysql\"\npath = \"s.db\"");
+        assert!(p[0].contains("\"mysql\" is not known"), "{p:?}");
+        let p = problems("backend = \"postgres\"\nurl = { env = \"NOPE\" }");
+        assert!(p[0].contains("spool.url") && p[0].contains("NOPE"), "{p:?}");
+        // The default upstream_timeout is 9 s: a 5 s lease would hand
+        // deliveries still waiting to another instance.
+        let p = problems("backend = \"postgres\"\nurl = { env = \"DB\" }\nlease = \"5s\"");
+        assert!(
+            p[0].contains(
+                "spool.lease (5s) must be longer than route \"a\"'s upstream_timeout (9s)"
+            ),
+            "{p:?}"
+        );
+        let p = problems("backend = \"postgres\"\nurl = { env = \"TLS_DB\" }");
+        assert!(
+            p[0].contains("sslmode=require") && !p[0].contains("pa55word"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
         assert_eq!(parse_size("64 KiB"), Some(64 << 10));
