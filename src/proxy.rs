@@ -35,7 +35,7 @@ use crate::config::{Config, Delivery, Route};
 use crate::headers::{self, Forwarding};
 use crate::metrics::{Metrics, RouteMetrics, SpoolRouteMetrics};
 pub use crate::outcome::Outcome;
-use crate::replay::{self, Claim, MemoryStore, Repeat, Verified};
+use crate::replay::{self, Claim, MemoryStore, Repeat, ReplayStore, Verified};
 use crate::route::RouteTable;
 use crate::scheme::{self, Field, VerifyError};
 use crate::spool::{self, Circuit, NewRecord, Note, Spool, StoreError};
@@ -257,6 +257,9 @@ pub struct Proxy {
     /// Deliveries already handed over, for routes with `replay_window`.
     /// Outlives reloads, like the pools: keys carry the route's name.
     replay: MemoryStore,
+    /// The spool database's replay store when it has one (PostgreSQL:
+    /// shared by every instance); used instead of `replay`.
+    shared_replay: Option<Arc<dyn ReplayStore>>,
     spool: Option<Arc<Spool>>,
 }
 
@@ -377,11 +380,13 @@ impl Proxy {
             metrics.replay_evictions.clone(),
         );
         let state = State::new(config, &metrics, &upstreams, spool.as_deref());
+        let shared_replay = spool.as_ref().and_then(|s| s.store.replay_store());
         Proxy {
             state: ArcSwap::from_pointee(state),
             upstreams,
             metrics,
             replay,
+            shared_replay,
             spool,
         }
     }
@@ -637,7 +642,11 @@ impl Proxy {
             (None, None) => Verified::Mac(verified.tag.as_slice()),
         };
         let key = replay::key(&route.name, material);
-        replay::claim(&self.replay, key, window)
+        let store: &dyn ReplayStore = match &self.shared_replay {
+            Some(shared) => shared.as_ref(),
+            None => &self.replay,
+        };
+        replay::claim(store, key, window)
             .await
             .map(Some)
             .map_err(ProxyError::Repeat)

@@ -40,6 +40,13 @@ use sha2::{Digest, Sha256};
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReplayKey([u8; 16]);
 
+impl ReplayKey {
+    /// The digest, for a store that keeps keys outside this process.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
 impl std::fmt::Debug for ReplayKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A digest of a MAC is not a secret, but there is nothing to gain

@@ -18,9 +18,12 @@ use std::time::Duration;
 use common::pg::{self, Cluster};
 use common::*;
 use hookgate::config::DatabaseUrl;
-use hookgate::spool::postgres::PgStore;
+use hookgate::spool::postgres::{PgStore, MIGRATIONS};
 use hookgate::spool::{NewRecord, Store};
 use tokio::time::Instant;
+
+/// The schema version this build writes.
+const CURRENT: i32 = MIGRATIONS.len() as i32;
 
 /// A password that must never be printed (trust auth ignores it).
 const PASSWORD: &str = "pw-never-printed-7f3a";
@@ -136,7 +139,7 @@ async fn send(addr: SocketAddr, path: &str, n: usize) -> (u16, Option<String>) {
     )
 }
 
-/// Empty database → schema created at version 1; a re-run changes
+/// Empty database → schema created at the current version; a re-run changes
 /// nothing and keeps the records; two instances starting at once migrate
 /// once; a newer schema is refused by the store, `hookgate check` and
 /// `hookgate run` with a message naming the versions and the database,
@@ -165,12 +168,12 @@ async fn schema_is_created_migrated_once_and_newer_refused() {
         PgStore::open(&target, 1 << 30, Duration::from_secs(30)),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.schema_version(), 1);
+    assert_eq!(a.schema_version(), CURRENT);
     assert_eq!(
         cluster
             .psql(&db, "SELECT version FROM hookgate_schema")
             .trim(),
-        "1"
+        CURRENT.to_string()
     );
     a.put(record("r1")).await.unwrap();
     a.close();
@@ -193,7 +196,10 @@ async fn schema_is_created_migrated_once_and_newer_refused() {
         &with_password(&url),
     )
     .await;
-    assert!(ok && out.contains("schema version 1 (current)"), "{out}");
+    assert!(
+        ok && out.contains(&format!("schema version {CURRENT} (current)")),
+        "{out}"
+    );
 
     // A newer hookgate migrated this database: refuse, never touch it.
     cluster.psql(&db, "UPDATE hookgate_schema SET version = 99");
@@ -201,7 +207,10 @@ async fn schema_is_created_migrated_once_and_newer_refused() {
         .await
         .unwrap_err();
     assert!(
-        err.contains("version 99") && err.contains("newer than this hookgate reads (version 1)"),
+        err.contains("version 99")
+            && err.contains(&format!(
+                "newer than this hookgate reads (version {CURRENT})"
+            )),
         "{err}"
     );
     assert!(err.contains("***") && !err.contains(PASSWORD), "{err}");
@@ -224,6 +233,100 @@ async fn schema_is_created_migrated_once_and_newer_refused() {
             .trim(),
         "1"
     );
+}
+
+/// A database left at schema version 1 by an older hookgate, with a
+/// record in it, is migrated step by step to the current version at start;
+/// the record survives and is delivered as before.
+#[tokio::test]
+async fn older_schema_is_migrated_and_keeps_its_records() {
+    let Some(cluster) = pg::shared() else { return };
+    let url = cluster.database();
+    let db = pg::database_name(&url).to_string();
+    // What a version-1 binary created.
+    cluster.psql(&db, MIGRATIONS[0]);
+    cluster.psql(
+        &db,
+        "CREATE TABLE hookgate_schema(version integer NOT NULL); INSERT INTO hookgate_schema VALUES (1);
+         INSERT INTO hookgate_webhook(id, route, received_ms, method, target, headers, body, bytes, state, attempts, next_attempt_ms)
+         VALUES ('old-1', 'a', 1, 'POST', '/x', 'host: h\r\n'::bytea, '{}'::bytea, 11, 'pending', 0, 0)",
+    );
+    let store = PgStore::open(&db_url(&url), 1 << 30, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster
+            .psql(&db, "SELECT version FROM hookgate_schema")
+            .trim(),
+        CURRENT.to_string()
+    );
+    assert_eq!(
+        cluster
+            .psql(&db, "SELECT to_regclass('hookgate_replay') IS NOT NULL")
+            .trim(),
+        "t"
+    );
+    let due = store.due("a", 10, 10, false).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, "old-1");
+    assert_eq!(due[0].body, b"{}");
+    store.close();
+}
+
+/// The replay defence shares the database: the same signed request sent
+/// to instance A and then to instance B is forwarded once; B answers it as
+/// a duplicate.
+#[tokio::test]
+async fn replay_store_is_shared_between_instances() {
+    let Some(cluster) = pg::shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, with_password(&cluster.database())).unwrap();
+    let up = Upstream::start(Behaviour::Respond).await;
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[spool]
+backend = "postgres"
+url = {{ file = "{}" }}
+
+[[route]]
+name = "a"
+path = "/webhooks/a"
+upstream = "http://{}"
+secret = {{ env = "SECRET_A" }}
+replay_window = "1h"
+"#,
+        url_file.display(),
+        up.addr
+    );
+    let a = Gateway::start(&text).await;
+    let b = Gateway::start(&text).await;
+    let body = br#"{"event":"generation.completed","generation_id":"g-replayed"}"#;
+    let req = post("/webhooks/a", Some(&sign(SECRET_A, body)), body, "");
+    let (first, _) = raw(a.addr, &req).await;
+    assert_eq!(first.status, 201);
+    // A records the delivery in the background; until it lands the copy
+    // is "in flight" (409 + Retry-After), never forwarded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        let (resp, _) = raw(b.addr, &req).await;
+        if resp.status != 409 || Instant::now() > deadline {
+            break resp;
+        }
+        assert_eq!(resp.header("retry-after"), Some("1"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-hookgate-duplicate"), Some("true"));
+    // And back on A: still a duplicate.
+    let (third, _) = raw(a.addr, &req).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(up.count(), 1, "forwarded once");
+    a.stop().await;
+    b.stop().await;
 }
 
 /// A database that cannot be reached: `hookgate check` and `hookgate run`

@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod postgres;
+pub mod postgres_replay;
 pub mod sqlite;
 pub mod worker;
 
@@ -210,6 +211,11 @@ pub trait Store: Send + Sync + 'static {
     /// `Ok` means writes can work again, so `/readyz` recovers without
     /// waiting for a request to succeed. `None`: health follows writes only.
     fn health_check(&self) -> Option<StoreFuture<'_, ()>> {
+        None
+    }
+    /// A replay store (SPEC §10) in this store's database, shared by every
+    /// instance that uses it; `None`: the replay defence stays in memory.
+    fn replay_store(&self) -> Option<Arc<dyn crate::replay::ReplayStore>> {
         None
     }
     /// Finishes queued writes and releases the storage (may block).

@@ -45,7 +45,8 @@ use crate::config::DatabaseUrl;
 
 /// The schema, one entry per version: entry `i` takes a database from
 /// version `i` to `i + 1`. Never edit an entry that has shipped; add one.
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE hookgate_webhook(
     seq             bigserial PRIMARY KEY,   -- arrival order: drain oldest first
     id              text NOT NULL UNIQUE,    -- X-Hookgate-Delivery
@@ -64,7 +65,17 @@ CREATE TABLE hookgate_webhook(
     locked_until    timestamptz              -- leased by an instance until then
 );
 CREATE INDEX hookgate_webhook_route ON hookgate_webhook(route, state, seq);
-"];
+",
+    "
+-- v2: the replay defence's deliveries (SPEC §10), shared by every instance.
+CREATE TABLE hookgate_replay(
+    key         bytea PRIMARY KEY,            -- replay::key digest (route + verified material)
+    expires_at  timestamptz NOT NULL,         -- end of the window (or of the in-flight mark)
+    in_flight   boolean NOT NULL              -- being forwarded now, not yet recorded
+);
+CREATE INDEX hookgate_replay_expires ON hookgate_replay(expires_at);
+",
+];
 
 /// The schema version this build reads and writes.
 pub fn schema_version() -> i32 {
@@ -739,6 +750,12 @@ impl Store for PgStore {
 
     fn leases(&self) -> bool {
         true
+    }
+
+    fn replay_store(&self) -> Option<Arc<dyn crate::replay::ReplayStore>> {
+        Some(Arc::new(super::postgres_replay::PgReplay::new(
+            self.pool.clone(),
+        )))
     }
 
     fn health_check(&self) -> Option<StoreFuture<'_, ()>> {
