@@ -13,7 +13,7 @@
 # the upstream at the same time, as in production.
 #
 # Knobs: DURATION=10 (s per run), ROUNDS=2, CONNS=32, HOOKGATE_BIN=,
-#        RESULTS=benches/load/results-spool.md
+#        RESULTS=benches/load/results-spool-backends.md
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,7 +21,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 CONNS=${CONNS:-32}
-RESULTS=${RESULTS:-$HERE/results-spool.md}
+RESULTS=${RESULTS:-$HERE/results-spool-backends.md}
 log() { echo "[spool-bench] $*" >&2; }
 die() { echo "[spool-bench] ERROR: $*" >&2; exit 1; }
 
@@ -46,6 +46,7 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; die "nothing listens on $1"; }
@@ -91,6 +92,7 @@ config() { # name spool-keys
   cat >"$TMP/$1.toml" <<EOF
 [server]
 listen = "127.0.0.1:$(free_port)"
+shutdown_timeout = "2s"
 [admin]
 listen = "127.0.0.1:0"
 [spool]
@@ -110,9 +112,9 @@ url = { env = \"HOOKGATE_DATABASE_URL\" }")
 PG2_ADDR=$(config pg2 "backend = \"postgres\"
 url = { env = \"HOOKGATE_DATABASE_URL\" }")
 
-run_gw() { # name -> pid
-  HOOKGATE_LOG=warn "$BIN" run --config "$TMP/$1.toml" 2>>"$TMP/$1.log" &
-  echo $!
+run_gw() { # name; sets GW_PID (not in $(...): the shell must stay its parent to wait for it)
+  HOOKGATE_LOG=warn "$BIN" run --config "$TMP/$1.toml" >>"$TMP/$1.log" 2>&1 &
+  GW_PID=$!
 }
 
 drive() { # label addr... ; prints acks/s (sum over addrs)
@@ -137,9 +139,9 @@ declare -A RESULT
 for round in $(seq 1 "$ROUNDS"); do
   for target in sqlite pg pg2; do
     case $target in
-      sqlite) p=$(run_gw sqlite); wait_port "${SQLITE_ADDR##*:}"; r=$(drive sqlite "$SQLITE_ADDR"); kill "$p"; wait "$p" || true ;;
-      pg) p=$(run_gw pg); wait_port "${PG_ADDR##*:}"; r=$(drive pg "$PG_ADDR"); kill "$p"; wait "$p" || true ;;
-      pg2) p=$(run_gw pg); q=$(run_gw pg2); wait_port "${PG_ADDR##*:}"; wait_port "${PG2_ADDR##*:}"
+      sqlite) run_gw sqlite; p=$GW_PID; wait_port "${SQLITE_ADDR##*:}"; r=$(drive sqlite "$SQLITE_ADDR"); kill "$p"; wait "$p" || true ;;
+      pg) run_gw pg; p=$GW_PID; wait_port "${PG_ADDR##*:}"; r=$(drive pg "$PG_ADDR"); kill "$p"; wait "$p" || true ;;
+      pg2) run_gw pg; p=$GW_PID; run_gw pg2; q=$GW_PID; wait_port "${PG_ADDR##*:}"; wait_port "${PG2_ADDR##*:}"
            r=$(drive pg2 "$PG_ADDR" "$PG2_ADDR"); kill "$p" "$q"; wait "$p" || true; wait "$q" || true ;;
     esac
     log "round $round $target: $r acks/s"
