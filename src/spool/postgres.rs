@@ -5,10 +5,9 @@
 //!
 //! - Durable means the COMMIT returned with `synchronous_commit` on (it is
 //!   forced on for the spool's writes when the server has it off).
-//! - Group commit: `put`s (and `complete`s of delivered records) waiting at
-//!   the same moment go to one writer task, which inserts and deletes them
-//!   with one statement (`INSERT … SELECT FROM unnest(…)` and a `DELETE` in
-//!   CTEs: one round trip, one commit) and answers each caller after it.
+//! - Group commit: `put`s waiting at the same moment go to one writer task,
+//!   which inserts them with one `INSERT … SELECT FROM unnest(…)` statement
+//!   (one round trip, one commit) and answers each caller after it.
 //! - Leases: [`Store::due`] takes records with `FOR UPDATE SKIP LOCKED` and
 //!   stamps `locked_until` (the database's clock, so instance clocks do not
 //!   matter); no other instance takes them until then. Completing or
@@ -132,15 +131,8 @@ async fn deadline<T>(
         })
 }
 
-type Reply = oneshot::Sender<Result<(), StoreError>>;
-
-/// A write waiting for the next group commit: a new record, or a delivered
-/// one to remove (so deliveries share commits too, instead of one commit,
-/// and one WAL flush, per delivered webhook).
-enum PutJob {
-    Put(NewRecord, Reply),
-    Complete(String, Reply),
-}
+/// A put waiting for the next group commit.
+type PutJob = (NewRecord, oneshot::Sender<Result<(), StoreError>>);
 
 /// Group-commit counters, for the shutdown log line and benchmarks.
 #[derive(Debug, Default)]
@@ -450,39 +442,28 @@ async fn write_loop(w: Writer, mut rx: mpsc::UnboundedReceiver<PutJob>) {
         }
         let capacity = i64::try_from(w.capacity.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         let mut planned = w.used.load(Ordering::Relaxed);
-        let mut puts = Vec::with_capacity(batch.len());
-        let mut completes = Vec::new();
-        let mut replies = Vec::with_capacity(batch.len());
-        for job in batch {
-            match job {
-                PutJob::Put(record, reply) => {
-                    let bytes = i64::try_from(record.bytes()).unwrap_or(i64::MAX);
-                    if planned.saturating_add(bytes) > capacity {
-                        let _ = reply.send(Err(StoreError::Full));
-                    } else {
-                        planned += bytes;
-                        puts.push(record);
-                        replies.push(reply);
-                    }
-                }
-                PutJob::Complete(id, reply) => {
-                    completes.push(id);
-                    replies.push(reply);
-                }
+        let mut accepted = Vec::with_capacity(batch.len());
+        for (record, reply) in batch {
+            let bytes = i64::try_from(record.bytes()).unwrap_or(i64::MAX);
+            if planned.saturating_add(bytes) > capacity {
+                let _ = reply.send(Err(StoreError::Full));
+            } else {
+                planned += bytes;
+                accepted.push((record, reply));
             }
         }
-        if replies.is_empty() {
+        if accepted.is_empty() {
             continue;
         }
-        let n = puts.len() as u64;
-        let result = deadline(commit_batch(&w, &puts, &completes)).await;
+        let n = accepted.len() as u64;
+        let result = deadline(insert(&w, accepted.iter().map(|(r, _)| r))).await;
         match &result {
-            Ok(freed) => {
-                let added: i64 = puts
+            Ok(()) => {
+                let added: i64 = accepted
                     .iter()
-                    .map(|r| i64::try_from(r.bytes()).unwrap_or(0))
+                    .map(|(r, _)| i64::try_from(r.bytes()).unwrap_or(0))
                     .sum();
-                w.used.fetch_add(added - freed, Ordering::Relaxed);
+                w.used.fetch_add(added, Ordering::Relaxed);
                 w.stats.commits.fetch_add(1, Ordering::Relaxed);
                 w.stats.jobs.fetch_add(n, Ordering::Relaxed);
                 w.stats.max_batch.fetch_max(n, Ordering::Relaxed);
@@ -494,20 +475,16 @@ async fn write_loop(w: Writer, mut rx: mpsc::UnboundedReceiver<PutJob>) {
                 }
             }
         }
-        let answer = result.map(|_| ());
-        for reply in replies {
-            let _ = reply.send(answer.clone());
+        for (_, reply) in accepted {
+            let _ = reply.send(result.clone());
         }
     }
 }
 
-/// Inserts `records` and deletes the delivered `completed` in one
-/// statement (one commit); returns the bytes freed.
-async fn commit_batch(
+async fn insert<'a>(
     w: &Writer,
-    records: &[NewRecord],
-    completed: &[String],
-) -> Result<i64, StoreError> {
+    records: impl Iterator<Item = &'a NewRecord>,
+) -> Result<(), StoreError> {
     let mut ids = Vec::new();
     let mut routes = Vec::new();
     let mut received = Vec::new();
@@ -534,38 +511,32 @@ async fn commit_batch(
         statuses.push(r.last_status.map(i32::from));
         errors.push(r.last_error.as_deref());
     }
-    // Data-modifying CTEs run whether or not the outer query reads them:
-    // both halves happen, atomically, in this one statement.
-    const WRITE: &str = "WITH gone AS (
-            DELETE FROM hookgate_webhook WHERE id = ANY($13::text[]) RETURNING bytes
-        ), added AS (
-            INSERT INTO hookgate_webhook(id, route, received_ms, method, target, headers, body, bytes, state, attempts, next_attempt_ms, last_status, last_error)
-            SELECT id, route, received_ms, method, target, headers, body, bytes, 'pending', attempts, next_attempt_ms, last_status, last_error
-            FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::int8[], $9::int4[], $10::int8[], $11::int4[], $12::text[])
-                 AS t(id, route, received_ms, method, target, headers, body, bytes, attempts, next_attempt_ms, last_status, last_error)
-            RETURNING 1
-        )
-        SELECT coalesce((SELECT sum(bytes) FROM gone), 0)::bigint";
+    const INSERT: &str = "INSERT INTO hookgate_webhook(id, route, received_ms, method, target, headers, body, bytes, state, attempts, next_attempt_ms, last_status, last_error)
+        SELECT id, route, received_ms, method, target, headers, body, bytes, 'pending', attempts, next_attempt_ms, last_status, last_error
+        FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::int8[], $9::int4[], $10::int8[], $11::int4[], $12::text[])
+             AS t(id, route, received_ms, method, target, headers, body, bytes, attempts, next_attempt_ms, last_status, last_error)";
     let mut client = w.pool.get().await.map_err(storage)?;
-    let args: [&(dyn ToSql + Sync); 13] = [
+    let args: [&(dyn ToSql + Sync); 12] = [
         &ids, &routes, &received, &methods, &targets, &headers, &bodies, &bytes, &attempts, &next,
-        &statuses, &errors, &completed,
+        &statuses, &errors,
     ];
-    let row = if w.force_sync {
+    if w.force_sync {
         let tx = client.transaction().await.map_err(storage)?;
         tx.batch_execute("SET LOCAL synchronous_commit = on")
             .await
             .map_err(storage)?;
-        let stmt = tx.prepare_cached(WRITE).await.map_err(storage)?;
-        let row = tx.query_one(&stmt, &args).await.map_err(storage)?;
-        tx.commit().await.map_err(storage)?;
-        row
+        let stmt = tx.prepare_cached(INSERT).await.map_err(storage)?;
+        tx.execute(&stmt, &args).await.map_err(storage)?;
+        tx.commit().await.map_err(storage)
     } else {
         // One statement outside a transaction block is its own commit.
-        let stmt = client.prepare_cached(WRITE).await.map_err(storage)?;
-        client.query_one(&stmt, &args).await.map_err(storage)?
-    };
-    row.try_get(0).map_err(storage)
+        let stmt = client.prepare_cached(INSERT).await.map_err(storage)?;
+        client
+            .execute(&stmt, &args)
+            .await
+            .map(|_| ())
+            .map_err(storage)
+    }
 }
 
 /// `WHERE` clause (numbered from `$first`) and arguments for a selection.
@@ -594,7 +565,7 @@ fn refs(args: &[Box<dyn ToSql + Send + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
 impl Store for PgStore {
     fn put(&self, record: NewRecord) -> StoreFuture<'_, ()> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.puts.send(PutJob::Put(record, tx)).is_ok();
+        let sent = self.puts.send((record, tx)).is_ok();
         Box::pin(async move {
             if !sent {
                 return Err(StoreError::Storage("spool is closed".into()));
@@ -635,17 +606,15 @@ impl Store for PgStore {
     }
 
     fn complete(&self, id: &str) -> StoreFuture<'_, ()> {
-        // Through the writer: delivered records leave in the next group
-        // commit, with the new ones.
-        let (tx, rx) = oneshot::channel();
-        let sent = self.puts.send(PutJob::Complete(id.to_string(), tx)).is_ok();
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Storage("spool is closed".into()));
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(StoreError::Storage("spool writer stopped".into())))
-        })
+        let id = id.to_string();
+        Box::pin(deadline(async move {
+            self.delete(
+                "DELETE FROM hookgate_webhook WHERE id = $1 RETURNING bytes",
+                &[&id],
+            )
+            .await
+            .map(|_| ())
+        }))
     }
 
     fn reschedule(
