@@ -17,9 +17,9 @@
 //!   start under an advisory lock, so instances starting together migrate
 //!   once. A database whose schema is newer than this binary is refused.
 //! - `max_bytes` is checked against the shared total as last read (every
-//!   second by the gauges) plus this instance's writes since: instances
-//!   writing at the same moment can pass it by what they wrote in that
-//!   second.
+//!   second, by the writer between its commits) plus this instance's writes
+//!   and deliveries since: instances writing at the same moment can pass it
+//!   by what they wrote in that second.
 //!
 //! Every operation has a deadline ([`OP_TIMEOUT`]); a database that is down
 //! or hangs makes the operation fail (the request path answers 503), and the
@@ -84,6 +84,9 @@ pub fn schema_version() -> i32 {
 
 /// Key of the advisory lock held while migrating ("hkgt").
 const MIGRATION_LOCK: i64 = 0x686b_6774;
+/// How often the writer re-reads the stored total (other instances write
+/// and deliver too).
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
 /// Puts committed together at most.
 const MAX_BATCH: usize = 512;
 /// Deadline of one database operation (connecting included).
@@ -429,15 +432,37 @@ struct Writer {
     failing: AtomicBool,
 }
 
+async fn shared_total(pool: &Pool) -> Result<i64, StoreError> {
+    let client = pool.get().await.map_err(storage)?;
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(bytes), 0)::bigint FROM hookgate_webhook",
+            &[],
+        )
+        .await
+        .map_err(storage)?;
+    row.try_get(0).map_err(storage)
+}
+
 /// Takes every put waiting, inserts those within the budget in one
 /// statement, and answers each once the commit returned.
 async fn write_loop(w: Writer, mut rx: mpsc::UnboundedReceiver<PutJob>) {
+    let mut last_resync = tokio::time::Instant::now();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
+            }
+        }
+        if last_resync.elapsed() >= RESYNC_EVERY {
+            // Other instances' writes and deliveries: read the shared
+            // total here, between this writer's own commits, so it is
+            // never older than a put this writer already counted.
+            last_resync = tokio::time::Instant::now();
+            if let Ok(total) = deadline(shared_total(&w.pool)).await {
+                w.used.store(total, Ordering::Relaxed);
             }
         }
         let capacity = i64::try_from(w.capacity.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
@@ -699,8 +724,6 @@ impl Store for PgStore {
                     None => {}
                 }
             }
-            self.used
-                .store(i64::try_from(total).unwrap_or(i64::MAX), Ordering::Relaxed);
             Ok(Stats {
                 routes: order
                     .into_iter()
