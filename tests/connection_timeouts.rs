@@ -102,11 +102,10 @@ fn config(upstream: std::net::SocketAddr, limits: &str) -> String {
 #[tokio::test]
 async fn idle_http2_connection_gets_goaway() {
     let upstream = Upstream::start(Behaviour::Delay(Duration::from_millis(1500))).await;
-    let gw = Gateway::start(&config(
+    let gw = BinaryGateway::start(&config(
         upstream.addr,
         "request_timeout = \"1s\"\nupstream_timeout = \"5s\"",
-    ))
-    .await;
+    ));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let tap = Tap {
         inner: TcpStream::connect(gw.addr).await.unwrap(),
@@ -152,11 +151,10 @@ async fn idle_http2_connection_gets_goaway() {
 #[tokio::test]
 async fn client_that_never_reads_is_cut_after_send_timeout() {
     let upstream = Upstream::start(Behaviour::Large(64 * 1024 * 1024)).await;
-    let gw = Gateway::start(&config(
+    let gw = BinaryGateway::start(&config(
         upstream.addr,
         "request_timeout = \"2s\"\nupstream_timeout = \"2s\"\nsend_timeout = \"1s\"",
-    ))
-    .await;
+    ));
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(gw.addr).await.unwrap();
@@ -184,11 +182,10 @@ async fn client_that_never_reads_is_cut_after_send_timeout() {
 #[tokio::test]
 async fn http2_stream_with_closed_window_is_cut_after_send_timeout() {
     let upstream = Upstream::start(Behaviour::Large(64 * 1024 * 1024)).await;
-    let gw = Gateway::start(&config(
+    let gw = BinaryGateway::start(&config(
         upstream.addr,
         "request_timeout = \"2s\"\nupstream_timeout = \"2s\"\nsend_timeout = \"1s\"",
-    ))
-    .await;
+    ));
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(1024)

@@ -418,7 +418,7 @@ async fn upstream_informational_responses() {
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
     ))
     .await;
-    let gw = Gateway::start(&two_routes(switching.addr, "")).await;
+    let gw = BinaryGateway::start(&two_routes(switching.addr, ""));
     let (resp, _) = raw(
         gw.addr,
         &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, ""),
@@ -438,7 +438,7 @@ async fn upstream_informational_responses() {
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
     ] {
         let upstream = Upstream::start(Behaviour::Reply(interim)).await;
-        let gw = Gateway::start(&two_routes(upstream.addr, "")).await;
+        let gw = BinaryGateway::start(&two_routes(upstream.addr, ""));
         let (resp, _) = raw(
             gw.addr,
             &post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, ""),

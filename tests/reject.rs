@@ -273,7 +273,8 @@ secret = {{ env = "SECRET_B" }}
 /// the same rule.
 #[tokio::test]
 async fn host_with_bad_port_gets_400() {
-    let (upstream, gw) = setup().await;
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = BinaryGateway::start(&two_routes(upstream.addr, "max_body_bytes = 1024"));
     let sig = sign(SECRET_A, BODY);
     for host in [
         "gw.test:8a",
@@ -334,7 +335,8 @@ async fn host_with_bad_port_gets_400() {
 /// underscore headers still pass.
 #[tokio::test]
 async fn signature_header_lookalike_gets_400() {
-    let (upstream, gw) = setup().await;
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let gw = BinaryGateway::start(&two_routes(upstream.addr, "max_body_bytes = 1024"));
     let good = sign(SECRET_A, BODY);
     let other = sign(SECRET_A, b"another body");
     for name in [

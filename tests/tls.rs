@@ -340,7 +340,7 @@ async fn server_cipher_order_wins() {
     let dir = tempfile::tempdir().unwrap();
     let cert = make_cert(dir.path(), "gw");
     let upstream = Upstream::start(Behaviour::Respond).await;
-    let gw = Gateway::start(&tls_config(upstream.addr, &cert, "")).await;
+    let gw = BinaryGateway::start(&tls_config(upstream.addr, &cert, ""));
     let cases = [
         (
             &rustls::version::TLS13,
@@ -401,7 +401,7 @@ async fn testssl_protocols_and_server_cipher_order() {
     let dir = tempfile::tempdir().unwrap();
     let cert = make_cert(dir.path(), "gw");
     let upstream = Upstream::start(Behaviour::Respond).await;
-    let gw = Gateway::start(&tls_config(upstream.addr, &cert, "")).await;
+    let gw = BinaryGateway::start(&tls_config(upstream.addr, &cert, ""));
     let json = dir.path().join("testssl.json");
     let target = format!("localhost:{}", gw.addr.port());
     let args = [

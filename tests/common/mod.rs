@@ -792,6 +792,15 @@ pub struct Running {
     pub seen: Vec<String>,
 }
 
+/// The `hookgate` binary the tests run: this crate's build, or the file
+/// named by `HOOKGATE_TEST_BIN` when set. The override is test-only; it
+/// exists to show a test fails against another build (e.g. one from before
+/// a fix): `HOOKGATE_TEST_BIN=/tmp/old/debug/hookgate cargo test --test reject`.
+pub fn hookgate_bin() -> std::path::PathBuf {
+    std::env::var_os("HOOKGATE_TEST_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_hookgate").into(), Into::into)
+}
+
 /// Starts the binary on `config` with `env` and waits for the line that
 /// says it is listening.
 pub fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Running {
@@ -802,7 +811,7 @@ pub fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Running {
 /// arguments, e.g. `prlimit --fsize=...`), so the gateway keeps the pid.
 pub fn spawn_run_via(wrapper: &[&str], config: &Path, env: &[(&str, &str)]) -> Running {
     use std::io::BufRead;
-    let bin = env!("CARGO_BIN_EXE_hookgate");
+    let bin = hookgate_bin();
     let mut command = match wrapper.split_first() {
         None => std::process::Command::new(bin),
         Some((first, rest)) => {
@@ -868,4 +877,75 @@ pub fn drain_log(running: &mut Running) -> Arc<Mutex<Vec<String>>> {
         }
     });
     log
+}
+
+/// `hookgate run` serving `config` (TOML text, as for [`Gateway::start`];
+/// an `[admin]` listener on 127.0.0.1:0 is added when the text has none)
+/// with the test env. The process is killed when dropped, so a failing test
+/// leaves nothing running; [`BinaryGateway::stop`] is the clean way out.
+pub struct BinaryGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// `None` once [`BinaryGateway::stop`] has reaped it.
+    child: Option<std::process::Child>,
+    /// Every stderr line so far (drained by a thread so the pipe never
+    /// fills and blocks the gateway's logging).
+    pub lines: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl BinaryGateway {
+    pub fn start(config: &str) -> BinaryGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookgate.toml");
+        let mut config = config.to_string();
+        if !config.contains("[admin]") {
+            config.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        std::fs::write(&path, config).unwrap();
+        let mut running = spawn_run(&path, &[("SECRET_A", SECRET_A), ("SECRET_B", SECRET_B)]);
+        let lines = drain_log(&mut running);
+        BinaryGateway {
+            addr: running.addr,
+            admin: running.admin,
+            child: Some(running.child),
+            lines,
+            _dir: dir,
+        }
+    }
+
+    /// GET /metrics from the binary's admin listener.
+    pub async fn metrics(&self) -> String {
+        metrics_at(self.admin).await
+    }
+
+    /// SIGTERM; the process must then exit 0 (within its shutdown timeout).
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "hookgate run exited with {status}; stderr: {:#?}",
+            self.lines.lock().unwrap()
+        );
+    }
+}
+
+impl Drop for BinaryGateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
