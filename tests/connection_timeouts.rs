@@ -1,7 +1,8 @@
 //! Connection-level timeouts beyond the request: idle HTTP/2 connections
 //! are closed with GOAWAY after `request_timeout` with no stream open, and a
 //! client that stops reading its response is cut after `send_timeout`
-//! without write progress, the upstream request cancelled with it.
+//! without write progress, the upstream request cancelled with it. Each test
+//! runs the `hookgate run` binary.
 
 mod common;
 

@@ -411,7 +411,7 @@ async fn upstream_closing_idle_connections_loses_nothing() {
 /// with `101 Switching Protocols` gets the client a 502 (outcome
 /// `upstream_error`), never the 101. Interim `100`/`103` answers are
 /// consumed: the client sees only the final response, without the 103's
-/// fields.
+/// fields. Through the `hookgate run` binary.
 #[tokio::test]
 async fn upstream_informational_responses() {
     let switching = Upstream::start(Behaviour::Reply(

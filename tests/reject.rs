@@ -270,7 +270,7 @@ secret = {{ env = "SECRET_B" }}
 
 /// A Host whose port is not a number of at most 65535 gets 400 and is never
 /// forwarded; a valid port is the control. HTTP/2's `:authority` is held to
-/// the same rule.
+/// the same rule. Through the `hookgate run` binary.
 #[tokio::test]
 async fn host_with_bad_port_gets_400() {
     let upstream = Upstream::start(Behaviour::Respond).await;
@@ -332,7 +332,7 @@ async fn host_with_bad_port_gets_400() {
 /// mix, any case) next to the real one gets 400 before the body is read,
 /// and nothing is forwarded: apps that fold `_` and `-` together (CGI,
 /// Rack, PHP, WSGI) could otherwise read the attacker's value. Unrelated
-/// underscore headers still pass.
+/// underscore headers still pass. Through the `hookgate run` binary.
 #[tokio::test]
 async fn signature_header_lookalike_gets_400() {
     let upstream = Upstream::start(Behaviour::Respond).await;

@@ -333,7 +333,8 @@ fn certificate_load_errors_name_the_file() {
 
 /// The server's cipher order decides: a client that lists weaker suites
 /// first (AES-128 before AES-256 for TLS 1.3, and for TLS 1.2) still gets
-/// the server's first choice among the suites it offers.
+/// the server's first choice among the suites it offers. Through the
+/// `hookgate run` binary.
 #[tokio::test]
 async fn server_cipher_order_wins() {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
@@ -382,6 +383,7 @@ async fn server_cipher_order_wins() {
 /// check rather than a full scan: protocols (only TLS 1.2 and 1.3 offered)
 /// and server preference ("Has server cipher order?" must be yes). Skipped
 /// when testssl.sh is missing, except under CI=true (`.ci/run` installs it).
+/// Against the `hookgate run` binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testssl_protocols_and_server_cipher_order() {
     let testssl = ["testssl", "testssl.sh"].into_iter().find(|cmd| {
