@@ -3,11 +3,14 @@
 //! a real Prometheus (Debian's package, as `.ci/run` unpacks it) scrapes a
 //! real `hookgate run` over its admin listener every second, while the
 //! gateway serves a known mix of requests over TLS (a replayed delivery
-//! included). Then every panel's
+//! included, and spooled routes: one whose app is down, so its request is
+//! kept and its redelivery fails, one queued and delivered, one queued and
+//! answered 410, so a dead letter). Then every panel's
 //! PromQL, every template variable's `label_values()` and every metric name
 //! the rules and the dashboard mention is evaluated through Prometheus' HTTP
 //! API: a parse error, an empty result or an all-zero panel fails the test,
-//! and so does a rule Prometheus cannot evaluate.
+//! and so does a rule Prometheus cannot evaluate, or a rule firing other
+//! than the dead-letter alert the 410 must raise.
 //!
 //! Prometheus is an outside process that cannot take a pre-bound socket, so
 //! it listens on 127.0.0.1:0 and its port is read from /proc (the socket
@@ -258,20 +261,28 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
     let cert = write_cert(dir.path(), "gw", (2040, 1, 1));
     let good = Upstream::start(Behaviour::Respond).await;
     let hang = Upstream::start(Behaviour::Hang).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let gone = Upstream::start(Behaviour::Status(410, None)).await;
+    let closed = closed_port().await;
     let config = dir.path().join("hookgate.toml");
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_body_bytes = 1024\nupstream_timeout = \"2s\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_body_bytes = 1024\nupstream_timeout = \"2s\"\n[spool]\npath = \"{}\"\nretry = [\"1s\", \"1h\", \"1h\"]\n",
         cert.cert.display(),
-        cert.key.display()
+        cert.key.display(),
+        dir.path().join("spool.db").display()
     );
     for (name, upstream, extra) in [
-        ("a", good.addr, "replay_window = \"1h\"\n"),
-        ("b", closed, ""),
-        ("c", hang.addr, "upstream_timeout = \"60s\"\n"),
+        ("a", good.addr, "replay_window = \"1h\"\ndelivery = \"sync\"\n"),
+        ("b", closed, "delivery = \"sync\"\n"),
+        (
+            "c",
+            hang.addr,
+            "upstream_timeout = \"60s\"\ndelivery = \"sync\"\n",
+        ),
+        // Spooled: the app is down (kept, the 1 s probe fails, pending),
+        // the app takes it (queued, delivered), the app answers 410 (dead).
+        ("d", closed, "delivery = \"on_failure\"\n"),
+        ("e", good.addr, "delivery = \"always\"\n"),
+        ("f", gone.addr, "delivery = \"always\"\n"),
     ] {
         text.push_str(&format!(
             "[[route]]\nname = \"{name}\"\npath = \"/{name}\"\nupstream = \"http://{upstream}\"\nsecret = {{ env = \"SECRET_A\" }}\n{extra}"
@@ -325,6 +336,9 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
         ),
         (post("/nowhere", Some(&sig), BODY, close), 404),
         (post("/b", Some(&sig), BODY, close), 502),
+        (post("/d", Some(&sig), BODY, close), 202),
+        (post("/e", Some(&sig), BODY, close), 202),
+        (post("/f", Some(&sig), BODY, close), 202),
     ]);
     for (request, status) in &mix {
         assert_eq!(tls_status(addr, &tls, request).await, *status);
@@ -359,6 +373,29 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
         ("hookgate_requests_in_flight", 1.0),
         ("hookgate_tls_handshake_errors_total", 1.0),
         ("hookgate_config_reloads_total{result=\"success\"}", 2.0),
+        ("sum(hookgate_requests_total{outcome=\"spooled\"})", 1.0),
+        ("sum(hookgate_requests_total{outcome=\"queued\"})", 2.0),
+        (
+            "hookgate_redeliveries_total{route=\"d\", result=\"retry\"}",
+            1.0,
+        ),
+        (
+            "hookgate_redeliveries_total{route=\"e\", result=\"delivered\"}",
+            1.0,
+        ),
+        (
+            "hookgate_redeliveries_total{route=\"f\", result=\"dead\"}",
+            1.0,
+        ),
+        (
+            "hookgate_spool_messages{route=\"d\", state=\"pending\"}",
+            1.0,
+        ),
+        ("hookgate_spool_messages{route=\"f\", state=\"dead\"}", 1.0),
+        (
+            "count(hookgate_spool_oldest_pending_age_seconds{route=\"d\"} > 0)",
+            1.0,
+        ),
     ] {
         wait_for(prom, promql, want).await;
     }
@@ -367,7 +404,7 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
     let queries = panel_queries(&dashboard);
-    assert!(queries.len() >= 15, "{queries:?}");
+    assert!(queries.len() >= 22, "{queries:?}");
     let mut panels_with_traffic = std::collections::BTreeMap::<String, bool>::new();
     for (title, promql) in &queries {
         let result = query(prom, promql)
@@ -467,13 +504,22 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
         for rule in &rules {
             assert_ne!(rule["health"], "err", "{rule}");
         }
-        if rules.iter().all(|r| r["health"] == "ok") {
-            // Nothing is firing on a healthy gateway with a valid certificate.
-            let firing: Vec<&&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
-            assert!(firing.is_empty(), "{firing:?}");
+        // On a healthy gateway with a valid certificate only route f's
+        // dead letter may fire, and it must (the rule has no `for`).
+        let firing: Vec<&&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
+        for rule in &firing {
+            assert_eq!(rule["name"], "HookgateDeadLetters", "{rule}");
+            for alert in rule["alerts"].as_array().unwrap() {
+                assert_eq!(alert["labels"]["route"], "f", "{rule}");
+            }
+        }
+        if rules.iter().all(|r| r["health"] == "ok") && !firing.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "rules never evaluated: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "rules never evaluated, or HookgateDeadLetters never fired: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     held.abort();
