@@ -271,7 +271,11 @@ async fn dashboard_panels_and_alert_rules_evaluate_against_real_prometheus() {
         dir.path().join("spool.db").display()
     );
     for (name, upstream, extra) in [
-        ("a", good.addr, "replay_window = \"1h\"\ndelivery = \"sync\"\n"),
+        (
+            "a",
+            good.addr,
+            "replay_window = \"1h\"\ndelivery = \"sync\"\n",
+        ),
         ("b", closed, "delivery = \"sync\"\n"),
         (
             "c",
