@@ -94,6 +94,7 @@ pub struct Cluster {
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     /// `initdb` and start a new cluster; `None` (after a loud message) when
@@ -103,6 +104,10 @@ impl Cluster {
             eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n!!! SKIPPING PostgreSQL TESTS: no `postgres` binary found (install Debian's\n!!! postgresql package, as .ci/run does, or set HOOKGATE_PG_BIN)\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
             return None;
         };
+        // Tests of one binary start clusters from several threads: without
+        // the lock, one thread's remove_stale() could delete a directory
+        // another thread created but had not yet marked with owner.pid.
+        let created = CREATE.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::create_dir_all(root()).unwrap();
         remove_stale();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -113,6 +118,7 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).unwrap();
+        drop(created);
         if running_as_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
