@@ -258,7 +258,8 @@ pub struct Proxy {
     /// Outlives reloads, like the pools: keys carry the route's name.
     replay: MemoryStore,
     /// The spool database's replay store when it has one (PostgreSQL:
-    /// shared by every instance); used instead of `replay`.
+    /// shared by every instance; SQLite: survives restarts); used instead
+    /// of `replay`.
     shared_replay: Option<Arc<dyn ReplayStore>>,
     spool: Option<Arc<Spool>>,
 }
@@ -381,6 +382,9 @@ impl Proxy {
         );
         let state = State::new(config, &metrics, &upstreams, spool.as_deref());
         let shared_replay = spool.as_ref().and_then(|s| s.store.replay_store());
+        if let Some(shared) = &shared_replay {
+            shared.track(metrics.replay_entries.clone());
+        }
         Proxy {
             state: ArcSwap::from_pointee(state),
             upstreams,

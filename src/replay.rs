@@ -141,6 +141,10 @@ pub trait ReplayStore: Send + Sync {
     fn commit(&self, key: &ReplayKey, window: Duration);
     /// Drops the in-flight mark of a claim that was not committed.
     fn forget(&self, key: &ReplayKey);
+    /// Reports the store's size through `entries`
+    /// (`hookgate_replay_entries`) from now on; a store that cannot count
+    /// cheaply leaves it alone (the README says which do).
+    fn track(&self, _entries: Gauge) {}
 }
 
 /// Why a request was not forwarded.

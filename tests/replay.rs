@@ -372,3 +372,87 @@ async fn binary_answers_repeats_and_logs_the_outcome() {
         .collect();
     assert_eq!(outcomes, ["201 forwarded", "200 duplicate"], "{lines:#?}");
 }
+
+/// `[spool]` keeps the replay store in the spool's SQLite file: after a
+/// restart of the binary a repeat inside the window is still answered 200 +
+/// the header and not forwarded (sync route and `always` route alike), and
+/// an entry whose window passed lets the copy through.
+#[tokio::test]
+async fn spool_database_keeps_records_across_a_restart() {
+    let up = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    let db = dir.path().join("spool.db");
+    let route = |name: &str, delivery: &str, window: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\npath = \"/webhooks/{name}\"\nupstream = \"http://{}\"\nsecret = {{ env = \"SECRET_A\" }}\ndelivery = \"{delivery}\"\nreplay_window = \"{window}\"\n",
+            up.addr
+        )
+    };
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"2s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[spool]\npath = \"{}\"\n{}{}{}",
+        db.display(),
+        route("a", "sync", "1h"),
+        route("q", "always", "1h"),
+        route("s", "sync", "1s"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let env = [("SECRET_A", SECRET_A)];
+    let a = signed("/webhooks/a", SECRET_A, BODY);
+    let q = signed("/webhooks/q", SECRET_A, BODY);
+    let s = signed("/webhooks/s", SECRET_A, BODY);
+    let stop = |mut run: Running| {
+        let pid = run.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = run.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    };
+    let forwards_reach = |n: usize| {
+        let up = &up;
+        async move {
+            // The `always` route delivers from the spool in the background.
+            for _ in 0..200 {
+                if up.count() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            assert_eq!(up.count(), n);
+        }
+    };
+
+    let run = spawn_run(&path, &env);
+    assert_eq!(raw(run.addr, &a).await.0.status, 201);
+    assert_eq!(raw(run.addr, &q).await.0.status, 202);
+    let s_recorded = std::time::Instant::now();
+    assert_eq!(raw(run.addr, &s).await.0.status, 201);
+    // Before the restart too: repeats never reach the upstream (the
+    // queued one may still be in flight while its record lands: 409).
+    assert_eq!(raw(run.addr, &a).await.0.status, 200);
+    let repeat = raw(run.addr, &q).await.0.status;
+    assert!(repeat == 200 || repeat == 409, "{repeat}");
+    forwards_reach(3).await;
+    stop(run);
+
+    let run = spawn_run(&path, &env);
+    for req in [&a, &q] {
+        let (dup, _) = raw(run.addr, req).await;
+        assert_eq!(dup.status, 200);
+        assert_eq!(dup.header("x-hookgate-duplicate"), Some("true"));
+    }
+    // s's one-second window is the only input here: wait it out.
+    let passed = s_recorded.elapsed();
+    if passed < Duration::from_millis(1100) {
+        tokio::time::sleep(Duration::from_millis(1100) - passed).await;
+    }
+    assert_eq!(raw(run.addr, &s).await.0.status, 201);
+    assert_eq!(raw(run.addr, &s).await.0.status, 200);
+    let text = metrics_at(run.admin).await;
+    assert_eq!(requests_total(&text, "a", "duplicate"), Some(1.0));
+    assert_eq!(requests_total(&text, "q", "duplicate"), Some(1.0));
+    forwards_reach(4).await;
+    stop(run);
+}

@@ -363,7 +363,7 @@ fn foreign_or_corrupt_spool_files_are_refused() {
     std::fs::remove_file(&db).unwrap();
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
-        "CREATE TABLE webhook(x); PRAGMA application_id = 1751869300; PRAGMA user_version = 2;",
+        "CREATE TABLE webhook(x); PRAGMA application_id = 1751869300; PRAGMA user_version = 3;",
     )
     .unwrap();
     drop(conn);
@@ -371,14 +371,14 @@ fn foreign_or_corrupt_spool_files_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("spool schema version 2 was written by another hookgate version"),
+        err.contains("spool schema version 3 was written by another hookgate version"),
         "{err}"
     );
     let out = hookgate(&["spool", "stats", "--config", config.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        err.contains(&db.display().to_string()) && err.contains("schema version 2"),
+        err.contains(&db.display().to_string()) && err.contains("schema version 3"),
         "{err}"
     );
 

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod postgres;
 pub mod postgres_replay;
 pub mod sqlite;
+pub mod sqlite_replay;
 pub mod worker;
 
 use std::collections::HashMap;

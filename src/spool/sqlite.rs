@@ -32,7 +32,8 @@ use super::{
 /// `PRAGMA application_id`: marks the file as a hookgate spool ("hkgt").
 const APPLICATION_ID: i64 = 0x686b_6774;
 /// `PRAGMA user_version`: the schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: `hookgate_replay` (SPEC §10); a version 1 file is migrated in place.
+pub const SCHEMA_VERSION: i64 = 2;
 /// Jobs committed together at most (bounds one transaction's latency).
 const MAX_BATCH: usize = 512;
 
@@ -57,6 +58,9 @@ CREATE INDEX webhook_route ON webhook(route, state, seq);
 -- Covers the per-second stats (counts, bytes, oldest) without reading bodies.
 CREATE INDEX webhook_stats ON webhook(route, state, received_ms, bytes);
 ";
+
+/// Version 1 → 2: adds the replay table; spooled records stay as they are.
+const MIGRATE_1_TO_2: &str = super::sqlite_replay::SCHEMA;
 
 const COLUMNS: &str = "id, route, received_ms, method, target, headers, body, state, attempts, next_attempt_ms, last_status, last_error";
 
@@ -93,12 +97,20 @@ pub struct CommitStats {
 /// The SQLite [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Jobs,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     capacity: Arc<AtomicU64>,
     pub commit_stats: Arc<CommitStats>,
+    /// The replay store in this file, made on first use (it starts a task).
+    replay: std::sync::OnceLock<Option<Arc<super::sqlite_replay::SqliteReplay>>>,
 }
+
+/// The writer's job queue, shared with the replay store so its writes join
+/// the group commit; `close` empties it for every holder at once (the
+/// writer thread ends when the last sender is gone).
+#[derive(Clone)]
+pub struct Jobs(Arc<Mutex<Option<mpsc::Sender<Job>>>>);
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -174,11 +186,12 @@ impl SqliteStore {
         let checkpointer = spawn_checkpointer(path)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
-            jobs: Mutex::new(Some(tx)),
+            jobs: Jobs(Arc::new(Mutex::new(Some(tx)))),
             writer: Mutex::new(Some(writer_thread)),
             checkpointer: Mutex::new(Some(checkpointer)),
             capacity,
             commit_stats,
+            replay: std::sync::OnceLock::new(),
         })
     }
 
@@ -186,6 +199,54 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Runs `f` on the writer thread inside the next group commit; its
+    /// result is returned once that commit returned. For modules that keep
+    /// their own tables in this database.
+    pub fn with_conn<T, F>(&self, f: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.jobs.with_conn(f)
+    }
+
+    /// Runs `f` on the writer thread outside any transaction and returns
+    /// its result at once: for reads, which need not wait for a commit.
+    pub fn read<T, F>(&self, f: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.jobs.read(f)
+    }
+
+    /// Finishes the queued jobs, stops both threads and closes the file.
+    pub fn close(&self) {
+        self.jobs.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        if let Some((stop, t)) = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            drop(stop);
+            let _ = t.join();
+        }
+        let s = &self.commit_stats;
+        tracing::debug!(
+            path = %self.path.display(),
+            commits = s.commits.load(Ordering::Relaxed),
+            writes = s.jobs.load(Ordering::Relaxed),
+            max_batch = s.max_batch.load(Ordering::Relaxed),
+            "spool closed"
+        );
+    }
+}
+
+impl Jobs {
     /// Runs `f` on the writer thread inside the next group commit; its
     /// result is returned once that commit returned. For modules that keep
     /// their own tables in this database.
@@ -226,7 +287,7 @@ impl SqliteStore {
         rx: oneshot::Receiver<Result<T, StoreError>>,
     ) -> StoreFuture<'static, T> {
         let sent = self
-            .jobs
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
@@ -243,36 +304,11 @@ impl SqliteStore {
             })
         })
     }
-
-    /// Finishes the queued jobs, stops both threads and closes the file.
-    pub fn close(&self) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
-        }
-        if let Some((stop, t)) = self
-            .checkpointer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            drop(stop);
-            let _ = t.join();
-        }
-        let s = &self.commit_stats;
-        tracing::debug!(
-            path = %self.path.display(),
-            commits = s.commits.load(Ordering::Relaxed),
-            writes = s.jobs.load(Ordering::Relaxed),
-            max_batch = s.max_batch.load(Ordering::Relaxed),
-            "spool closed"
-        );
-    }
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.jobs.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.checkpointer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -280,7 +316,7 @@ impl Drop for SqliteStore {
     }
 }
 
-fn connect(path: &Path) -> Result<Connection, OpenError> {
+pub(super) fn connect(path: &Path) -> Result<Connection, OpenError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -319,7 +355,7 @@ fn prepare(conn: &Connection, path: &Path) -> Result<bool, OpenError> {
             "is an SQLite database but not a hookgate spool; point [spool] path at another file",
         ));
     }
-    if !fresh && version != SCHEMA_VERSION {
+    if !fresh && version != SCHEMA_VERSION && version != 1 {
         return Err(open_error(
             path,
             format!("spool schema version {version} was written by another hookgate version (this one reads version {SCHEMA_VERSION}); use the matching hookgate binary"),
@@ -331,10 +367,23 @@ fn prepare(conn: &Connection, path: &Path) -> Result<bool, OpenError> {
     .map_err(not_ours)?;
     if fresh {
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            "BEGIN; {SCHEMA} {MIGRATE_1_TO_2} PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
         ))
         .map_err(|e| open_error(path, format!("cannot create the spool schema: {e}")))?;
     } else {
+        if version == 1 {
+            // One transaction: a crash leaves the file at version 1, and
+            // the next start migrates again.
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {MIGRATE_1_TO_2} PRAGMA user_version=2; COMMIT;"
+            ))
+            .map_err(|e| {
+                open_error(
+                    path,
+                    format!("cannot migrate the spool from schema version 1 to 2: {e}"),
+                )
+            })?;
+        }
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(not_ours)?;
@@ -750,6 +799,18 @@ impl Store for SqliteStore {
             s.max_batch.load(Ordering::Relaxed),
         ))
     }
+
+    fn replay_store(&self) -> Option<Arc<dyn crate::replay::ReplayStore>> {
+        let replay = self.replay.get_or_init(|| {
+            super::sqlite_replay::SqliteReplay::open(&self.path, self.jobs.clone())
+                .map(Arc::new)
+                .map_err(|e| tracing::error!(error = %e, "replay store: cannot open a read connection to the spool; replay_window routes use memory"))
+                .ok()
+        });
+        replay
+            .clone()
+            .map(|r| r as Arc<dyn crate::replay::ReplayStore>)
+    }
 }
 
 /// `PRAGMA integrity_check` on a spool file (tests and operators).
@@ -826,6 +887,44 @@ mod tests {
                 .unwrap(),
             2
         );
+        store.close();
+        assert_eq!(integrity_check(&path).unwrap(), "ok");
+    }
+
+    /// A file written by the version 1 schema (no replay table) is
+    /// migrated in place on open: its records stay, the table appears.
+    #[tokio::test]
+    async fn version_1_file_is_migrated_keeping_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path, 1 << 20, true).unwrap();
+        store.put(record("a", "r", &[1; 40])).await.unwrap();
+        store.close();
+        drop(store);
+        // Exactly what version 1 wrote: the same webhook table, no replay.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE hookgate_replay; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&path, 1 << 20, false).unwrap();
+        let due = store.due("r", 10, 10, false).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].body, vec![1; 40]);
+        let (version, replay_rows) = store
+            .read(|w| {
+                let c = w.conn();
+                let v: i64 = c
+                    .query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .map_err(storage)?;
+                let n: i64 = c
+                    .query_row("SELECT count(*) FROM hookgate_replay", [], |r| r.get(0))
+                    .map_err(storage)?;
+                Ok((v, n))
+            })
+            .await
+            .unwrap();
+        assert_eq!((version, replay_rows), (SCHEMA_VERSION, 0));
         store.close();
         assert_eq!(integrity_check(&path).unwrap(), "ok");
     }

@@ -1,0 +1,280 @@
+//! The replay defence's store (SPEC §10) in the SQLite spool file, so a
+//! delivery handed over before a restart is still a duplicate after it.
+//! The sibling of `postgres_replay.rs`, for the embedded backend:
+//!
+//! - In-flight marks live in memory: one process owns the file, so a
+//!   repeat while the first copy is being forwarded is answered 409 without
+//!   touching the disk, and a crash leaves no stale mark behind.
+//! - [`ReplayStore::begin`] marks the key, then reads `hookgate_replay` on
+//!   its own connection on a blocking thread (WAL: readers never wait for
+//!   the writer, and the writer thread never waits for a lookup).
+//! - `commit` is one write through the spool's writer thread, so it joins
+//!   the group commit of spooled requests. The 2xx does not wait for that
+//!   fsync: the trait's commit is synchronous, and the in-flight mark is
+//!   kept until the write landed, so no copy gets through meanwhile in this
+//!   process. What is lost on a crash (power cut) in that window of one
+//!   group commit (milliseconds) is the record, not a webhook: a copy sent
+//!   after such a crash would be forwarded once more.
+//! - Lookup failed (the file unreadable): the request is forwarded without
+//!   the check and a warning is logged (fail open, as the PostgreSQL store
+//!   does). Refusing would lose the webhook for a sender that does not
+//!   retry; a spooled route's write fails on the same file and answers 503.
+//!
+//! Expired rows are deleted once a minute (the lookup compares the expiry
+//! itself, so an expired row that is not yet deleted is never a duplicate).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::sqlite::{Jobs, OpenError};
+use super::{now_ms, StoreError};
+use crate::replay::{Lookup, ReplayKey, ReplayStore, Seen};
+
+/// Created with the spool's schema (and by the version 1 → 2 migration).
+pub const SCHEMA: &str = "
+CREATE TABLE hookgate_replay(
+    key        BLOB PRIMARY KEY,           -- ReplayKey: 16-byte digest of route + delivery id or MAC
+    expires_ms INTEGER NOT NULL            -- Unix ms: a copy before this is a duplicate
+) WITHOUT ROWID;
+CREATE INDEX hookgate_replay_expiry ON hookgate_replay(expires_ms);
+";
+
+/// Expired rows are removed this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+pub struct SqliteReplay {
+    inner: Arc<Inner>,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Inner {
+    /// The spool writer's queue: commits and sweeps join its group commit.
+    jobs: Jobs,
+    /// Lookups only; one at a time (each is a primary-key read).
+    reader: Mutex<Connection>,
+    /// Keys being forwarded or whose commit has not landed yet.
+    in_flight: Mutex<HashSet<ReplayKey>>,
+    /// `hookgate_replay_entries`: rows in the table (counted at start and
+    /// at every sweep, plus rows added since) and marks in flight.
+    entries: OnceLock<Gauge>,
+}
+
+impl Drop for SqliteReplay {
+    fn drop(&mut self) {
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
+    }
+}
+
+impl SqliteReplay {
+    /// Opens a read connection on the spool file at `path`; commits go
+    /// through `jobs`. Starts the sweeper when called inside a runtime.
+    pub fn open(path: &Path, jobs: Jobs) -> Result<SqliteReplay, OpenError> {
+        let reader = super::sqlite::connect(path)?;
+        let inner = Arc::new(Inner {
+            jobs,
+            reader: Mutex::new(reader),
+            in_flight: Mutex::new(HashSet::new()),
+            entries: OnceLock::new(),
+        });
+        let sweeper = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let inner = inner.clone();
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    inner.sweep().await;
+                }
+            })
+        });
+        Ok(SqliteReplay { inner, sweeper })
+    }
+}
+
+fn storage(e: rusqlite::Error) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+impl Inner {
+    fn marks(&self) -> MutexGuard<'_, HashSet<ReplayKey>> {
+        // The set is consistent after every operation: keep serving.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unmark(&self, key: &ReplayKey) {
+        if self.marks().remove(key) {
+            self.gauge_add(-1);
+        }
+    }
+
+    fn gauge_add(&self, n: i64) {
+        if let Some(g) = self.entries.get() {
+            g.inc_by(n);
+        }
+    }
+
+    /// Whether `key` is recorded and its window has not passed at `now`.
+    fn recorded(&self, key: &ReplayKey, now: i64) -> Result<bool, rusqlite::Error> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let expires: Option<i64> = conn
+            .prepare_cached("SELECT expires_ms FROM hookgate_replay WHERE key = ?1")?
+            .query_row(params![&key.as_bytes()[..]], |r| r.get(0))
+            .optional()?;
+        Ok(expires.is_some_and(|e| e > now))
+    }
+
+    /// Deletes expired rows and recounts the table for the gauge.
+    async fn sweep(&self) {
+        let now = now_ms();
+        let swept = self
+            .jobs
+            .with_conn(move |w| {
+                let conn = w.conn();
+                let deleted = conn
+                    .execute(
+                        "DELETE FROM hookgate_replay WHERE expires_ms <= ?1",
+                        params![now],
+                    )
+                    .map_err(storage)?;
+                let rows: i64 = conn
+                    .query_row("SELECT count(*) FROM hookgate_replay", [], |r| r.get(0))
+                    .map_err(storage)?;
+                Ok((deleted, rows))
+            })
+            .await;
+        match swept {
+            Ok((deleted, rows)) => {
+                if let Some(g) = self.entries.get() {
+                    let marks = i64::try_from(self.marks().len()).unwrap_or(i64::MAX);
+                    g.set(rows.saturating_add(marks));
+                }
+                tracing::debug!(deleted, rows, "replay store: expired entries removed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replay store: removing expired entries failed; retried in a minute")
+            }
+        }
+    }
+}
+
+/// An in-flight mark taken by `begin`, released unless the lookup said
+/// fresh: also when the lookup's future is dropped (client gone), so no
+/// mark outlives its request.
+struct Mark {
+    inner: Arc<Inner>,
+    key: ReplayKey,
+    keep: bool,
+}
+
+impl Mark {
+    /// The claim now owns the mark (released by its commit or forget).
+    fn hold(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.inner.unmark(&self.key);
+        }
+    }
+}
+
+impl ReplayStore for SqliteReplay {
+    fn begin(&self, key: &ReplayKey) -> Lookup<'_> {
+        if !self.inner.marks().insert(*key) {
+            return Lookup::Ready(Seen::InFlight);
+        }
+        self.inner.gauge_add(1);
+        let mark = Mark {
+            inner: self.inner.clone(),
+            key: *key,
+            keep: false,
+        };
+        Lookup::Pending(Box::pin(async move {
+            let inner = mark.inner.clone();
+            let key = mark.key;
+            let now = now_ms();
+            let found = tokio::task::spawn_blocking(move || inner.recorded(&key, now)).await;
+            match found {
+                Ok(Ok(true)) => Seen::Duplicate,
+                Ok(Ok(false)) => {
+                    mark.hold();
+                    Seen::Fresh
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "replay store: cannot read the spool file; forwarding without the replay check");
+                    mark.hold();
+                    Seen::Fresh
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay store: lookup did not finish; forwarding without the replay check");
+                    mark.hold();
+                    Seen::Fresh
+                }
+            }
+        }))
+    }
+
+    fn commit(&self, key: &ReplayKey, window: Duration) {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+        let expires = now_ms().saturating_add(window_ms.max(1));
+        let bytes = key.as_bytes().to_vec();
+        let write = self.inner.jobs.with_conn(move |w| {
+            let conn = w.conn();
+            // An expired row not yet swept is renewed in place.
+            let renewed = conn
+                .prepare_cached("UPDATE hookgate_replay SET expires_ms = ?2 WHERE key = ?1")
+                .and_then(|mut s| s.execute(params![&bytes[..], expires]))
+                .map_err(storage)?;
+            if renewed == 0 {
+                conn.prepare_cached(
+                    "INSERT INTO hookgate_replay(key, expires_ms) VALUES (?1, ?2)",
+                )
+                .and_then(|mut s| s.execute(params![&bytes[..], expires]))
+                .map_err(storage)?;
+            }
+            Ok(renewed == 0)
+        });
+        let inner = self.inner.clone();
+        let key = *key;
+        tokio::spawn(async move {
+            match write.await {
+                Ok(added) => {
+                    if added {
+                        inner.gauge_add(1);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay store: recording a delivery failed; a copy of it would be forwarded again")
+                }
+            }
+            // Only now: until the row is on disk, a copy is answered 409.
+            inner.unmark(&key);
+        });
+    }
+
+    fn forget(&self, key: &ReplayKey) {
+        self.inner.unmark(key);
+    }
+
+    fn track(&self, entries: Gauge) {
+        if self.inner.entries.set(entries.clone()).is_ok() {
+            let marks = i64::try_from(self.inner.marks().len()).unwrap_or(i64::MAX);
+            entries.set(marks);
+            // The table's count, now (the sweeper's first pass may have run
+            // before there was a gauge to set).
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let inner = self.inner.clone();
+                rt.spawn(async move { inner.sweep().await });
+            }
+        }
+    }
+}
