@@ -10,11 +10,12 @@
 //!   the writer, and the writer thread never waits for a lookup).
 //! - `commit` is one write through the spool's writer thread, so it joins
 //!   the group commit of spooled requests. The 2xx does not wait for that
-//!   fsync: the trait's commit is synchronous, and the in-flight mark is
-//!   kept until the write landed, so no copy gets through meanwhile in this
-//!   process. What is lost on a crash (power cut) in that window of one
-//!   group commit (milliseconds) is the record, not a webhook: a copy sent
-//!   after such a crash would be forwarded once more.
+//!   fsync: the trait's commit is synchronous. Until the write landed the
+//!   mark stays in memory as "recorded" with its expiry, so a copy arriving
+//!   meanwhile is already answered as a duplicate (never forwarded, never a
+//!   spurious 409). What is lost on a crash (power cut) in that window of
+//!   one group commit (milliseconds) is the record, not a webhook: a copy
+//!   sent after such a crash would be forwarded once more.
 //! - Lookup failed (the file unreadable): the request is forwarded without
 //!   the check and a warning is logged (fail open, as the PostgreSQL store
 //!   does). Refusing would lose the webhook for a sender that does not
@@ -23,7 +24,7 @@
 //! Expired rows are deleted once a minute (the lookup compares the expiry
 //! itself, so an expired row that is not yet deleted is never a duplicate).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -57,8 +58,8 @@ struct Inner {
     jobs: Jobs,
     /// Lookups only; one at a time (each is a primary-key read).
     reader: Mutex<Connection>,
-    /// Keys being forwarded or whose commit has not landed yet.
-    in_flight: Mutex<HashSet<ReplayKey>>,
+    /// Keys being forwarded, and keys whose record has not landed yet.
+    marks: Mutex<HashMap<ReplayKey, Mark>>,
     /// `hookgate_replay_entries`: rows in the table (counted at start and
     /// at every sweep, plus rows added since) and marks in flight.
     entries: OnceLock<Gauge>,
@@ -80,7 +81,7 @@ impl SqliteReplay {
         let inner = Arc::new(Inner {
             jobs,
             reader: Mutex::new(reader),
-            in_flight: Mutex::new(HashSet::new()),
+            marks: Mutex::new(HashMap::new()),
             entries: OnceLock::new(),
         });
         let sweeper = tokio::runtime::Handle::try_current().ok().map(|rt| {
@@ -102,13 +103,24 @@ fn storage(e: rusqlite::Error) -> StoreError {
 }
 
 impl Inner {
-    fn marks(&self) -> MutexGuard<'_, HashSet<ReplayKey>> {
-        // The set is consistent after every operation: keep serving.
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    fn marks(&self) -> MutexGuard<'_, HashMap<ReplayKey, Mark>> {
+        // The map is consistent after every operation: keep serving.
+        self.marks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn unmark(&self, key: &ReplayKey) {
-        if self.marks().remove(key) {
+        if self.marks().remove(key).is_some() {
+            self.gauge_add(-1);
+        }
+    }
+
+    /// Drops the mark of a record that landed, unless the key was claimed
+    /// again meanwhile (a window shorter than the commit's wait).
+    fn recorded_landed(&self, key: &ReplayKey, expires: i64) {
+        let mut marks = self.marks();
+        if matches!(marks.get(key), Some(Mark::Recording(e)) if *e == expires) {
+            marks.remove(key);
+            drop(marks);
             self.gauge_add(-1);
         }
     }
@@ -163,23 +175,32 @@ impl Inner {
     }
 }
 
+/// What this process knows of a key before the table does.
+#[derive(Clone, Copy)]
+enum Mark {
+    /// Being forwarded (a copy now is answered 409).
+    InFlight,
+    /// Committed, its row not yet written: recorded until this Unix ms.
+    Recording(i64),
+}
+
 /// An in-flight mark taken by `begin`, released unless the lookup said
 /// fresh: also when the lookup's future is dropped (client gone), so no
 /// mark outlives its request.
-struct Mark {
+struct Taken {
     inner: Arc<Inner>,
     key: ReplayKey,
     keep: bool,
 }
 
-impl Mark {
+impl Taken {
     /// The claim now owns the mark (released by its commit or forget).
     fn hold(mut self) {
         self.keep = true;
     }
 }
 
-impl Drop for Mark {
+impl Drop for Taken {
     fn drop(&mut self) {
         if !self.keep {
             self.inner.unmark(&self.key);
@@ -189,11 +210,22 @@ impl Drop for Mark {
 
 impl ReplayStore for SqliteReplay {
     fn begin(&self, key: &ReplayKey) -> Lookup<'_> {
-        if !self.inner.marks().insert(*key) {
-            return Lookup::Ready(Seen::InFlight);
+        {
+            let mut marks = self.inner.marks();
+            match marks.get(key) {
+                Some(Mark::InFlight) => return Lookup::Ready(Seen::InFlight),
+                Some(Mark::Recording(expires)) if *expires > now_ms() => {
+                    return Lookup::Ready(Seen::Duplicate)
+                }
+                // A window shorter than the commit's wait: the row lands
+                // expired; nothing is in flight, so look it up as usual.
+                Some(Mark::Recording(_)) | None => {}
+            }
+            if marks.insert(*key, Mark::InFlight).is_none() {
+                self.inner.gauge_add(1);
+            }
         }
-        self.inner.gauge_add(1);
-        let mark = Mark {
+        let mark = Taken {
             inner: self.inner.clone(),
             key: *key,
             keep: false,
@@ -226,6 +258,9 @@ impl ReplayStore for SqliteReplay {
     fn commit(&self, key: &ReplayKey, window: Duration) {
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
         let expires = now_ms().saturating_add(window_ms.max(1));
+        if let Some(mark) = self.inner.marks().get_mut(key) {
+            *mark = Mark::Recording(expires);
+        }
         let bytes = key.as_bytes().to_vec();
         let write = self.inner.jobs.with_conn(move |w| {
             let conn = w.conn();
@@ -235,11 +270,9 @@ impl ReplayStore for SqliteReplay {
                 .and_then(|mut s| s.execute(params![&bytes[..], expires]))
                 .map_err(storage)?;
             if renewed == 0 {
-                conn.prepare_cached(
-                    "INSERT INTO hookgate_replay(key, expires_ms) VALUES (?1, ?2)",
-                )
-                .and_then(|mut s| s.execute(params![&bytes[..], expires]))
-                .map_err(storage)?;
+                conn.prepare_cached("INSERT INTO hookgate_replay(key, expires_ms) VALUES (?1, ?2)")
+                    .and_then(|mut s| s.execute(params![&bytes[..], expires]))
+                    .map_err(storage)?;
             }
             Ok(renewed == 0)
         });
@@ -256,8 +289,8 @@ impl ReplayStore for SqliteReplay {
                     tracing::warn!(error = %e, "replay store: recording a delivery failed; a copy of it would be forwarded again")
                 }
             }
-            // Only now: until the row is on disk, a copy is answered 409.
-            inner.unmark(&key);
+            // Only now: until the row is on disk, the mark answers copies.
+            inner.recorded_landed(&key, expires);
         });
     }
 

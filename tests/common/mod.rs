@@ -891,32 +891,79 @@ pub struct BinaryGateway {
     /// Every stderr line so far (drained by a thread so the pipe never
     /// fills and blocks the gateway's logging).
     pub lines: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl BinaryGateway {
     pub fn start(config: &str) -> BinaryGateway {
+        BinaryGateway::start_with(config, &[])
+    }
+
+    /// Like [`BinaryGateway::start`], with more environment variables
+    /// (e.g. `HOOKGATE_LOG`).
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> BinaryGateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hookgate.toml");
-        let mut config = config.to_string();
-        if !config.contains("[admin]") {
-            config.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
-        }
-        std::fs::write(&path, config).unwrap();
-        let mut running = spawn_run(&path, &[("SECRET_A", SECRET_A), ("SECRET_B", SECRET_B)]);
+        std::fs::write(&path, with_admin(config)).unwrap();
+        let mut all = vec![("SECRET_A", SECRET_A), ("SECRET_B", SECRET_B)];
+        all.extend_from_slice(env);
+        let mut running = spawn_run(&path, &all);
         let lines = drain_log(&mut running);
         BinaryGateway {
             addr: running.addr,
             admin: running.admin,
             child: Some(running.child),
             lines,
-            _dir: dir,
+            dir,
         }
     }
 
     /// GET /metrics from the binary's admin listener.
     pub async fn metrics(&self) -> String {
         metrics_at(self.admin).await
+    }
+
+    /// Waits until every finished request has been counted (in-flight back
+    /// to 0), then returns the exposition.
+    pub async fn settled_metrics(&self) -> String {
+        for _ in 0..250 {
+            let text = self.metrics().await;
+            if sample(&text, "hookgate_requests_in_flight") == Some(0.0) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("requests still in flight");
+    }
+
+    /// Rewrites the config file with `config` and sends SIGHUP; waits (up
+    /// to 10 s) for the reload's log line. True when it was applied.
+    pub async fn reload(&self, config: &str) -> bool {
+        let done = |l: &String| l.contains("configuration reloaded") || l.contains("reload failed");
+        let before = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| done(l))
+            .count();
+        std::fs::write(self.dir.path().join("hookgate.toml"), with_admin(config)).unwrap();
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        for _ in 0..500 {
+            let lines = self.lines.lock().unwrap();
+            let mut outcomes = lines.iter().filter(|l| done(l)).skip(before);
+            if let Some(line) = outcomes.next() {
+                return line.contains("configuration reloaded");
+            }
+            drop(lines);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no reload line within 10 s");
     }
 
     /// SIGTERM; the process must then exit 0 (within its shutdown timeout).
@@ -939,6 +986,15 @@ impl BinaryGateway {
             self.lines.lock().unwrap()
         );
     }
+}
+
+/// `config` with an `[admin]` listener on 127.0.0.1:0 when it has none.
+fn with_admin(config: &str) -> String {
+    let mut config = config.to_string();
+    if !config.contains("[admin]") {
+        config.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    config
 }
 
 impl Drop for BinaryGateway {
