@@ -1,14 +1,34 @@
 #!/usr/bin/env python3
 # Instructions per forwarded 1 KiB request (callgrind total Ir, difference
 # between a run of N_HI and one of N_LO keep-alive requests, so start-up and
-# shutdown cancel out). Usage: benches/load/icount.py BINARY (needs valgrind,
-# nginx). Unlike wall-clock load runs, instruction counts hold on a busy box.
+# shutdown cancel out). Usage: benches/load/icount.py BINARY [MODE...]
+# (needs valgrind, nginx). Unlike wall-clock load runs, instruction counts
+# hold on a busy box. Every request carries a distinct body (a counter in
+# it, same 1 KiB), so with replay_window each one is looked up, forwarded
+# and recorded. Modes (default: plain), each measured in this run:
+#   plain         the route as is
+#   replay        + replay_window = "1h" (the in-memory store)
+#   spool         + [spool] (SQLite file), delivery = "on_failure": the
+#                 healthy upstream's 200 is relayed, nothing is kept
+#   spool-replay  spool + replay_window: the replay store in the spool file
+#                 (a primary-key read per request, a write in the group commit)
+# Callgrind counts every thread's user-space instructions (SQLite's
+# included), not the kernel's (fsync): see the wall-clock run.sh for that.
 import hashlib, hmac, http.client, os, signal, socket, subprocess, sys, tempfile, time
 
 binary = sys.argv[1]
+modes = sys.argv[2:] or ["plain"]
+MODES = ("plain", "replay", "spool", "spool-replay")
+for m in modes:
+    if m not in MODES:
+        raise SystemExit(f"unknown mode {m!r}; one of {', '.join(MODES)}")
 SECRET = "bench-secret-0123456789abcdef"
-body = b'{"event":"x","pad":"' + b"a" * (1024 - 22) + b'"}'
-sig = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+def signed(i):
+    """The i-th distinct 1 KiB body and its signature."""
+    head = b'{"event":"x","n":"%08d","pad":"' % i
+    body = head + b"a" * (1024 - len(head) - 2) + b'"}'
+    return body, hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -32,8 +52,14 @@ http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_
 nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
 wait_port(up)
 
-def run(n):
+def run(n, mode):
     port, admin = free_port(), free_port()
+    extra = ""
+    if mode in ("replay", "spool-replay"):
+        extra += 'replay_window = "1h"\n'
+    if mode in ("spool", "spool-replay"):
+        db = f"{d}/spool-{mode}-{n}.db"
+        extra += f'delivery = "on_failure"\n[spool]\npath = "{db}"\n'
     open(f"{d}/hg.toml", "w").write(f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -44,18 +70,20 @@ name = "a"
 path = "/hook"
 upstream = "http://127.0.0.1:{up}"
 secret = {{ env = "S" }}
-""")
-    out = f"{d}/cg.{n}"
+{extra}""")
+    out = f"{d}/cg.{mode}.{n}"
     env = dict(os.environ, S=SECRET, HOOKGATE_LOG="info")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
                           "run", "--config", f"{d}/hg.toml"], env=env,
-                         stderr=open(f"{d}/hg.{n}.log", "w"))
+                         stderr=open(f"{d}/hg.{mode}.{n}.log", "w"))
     wait_port(port)
     c = http.client.HTTPConnection("127.0.0.1", port)
-    for _ in range(n):
+    for i in range(n):
+        body, sig = signed(i)
         c.request("POST", "/hook", body, {"X-Adsumo-Signature": sig, "Content-Type": "application/json"})
         r = c.getresponse(); r.read()
-        assert r.status == 200, r.status
+        # 200 from the upstream; a duplicate would be the gateway's own 200.
+        assert r.status == 200 and r.getheader("X-Hookgate-Duplicate") is None, (mode, i, r.status)
     c.close()
     p.send_signal(signal.SIGTERM); p.wait()
     for line in open(out):
@@ -64,7 +92,13 @@ secret = {{ env = "S" }}
 
 N_LO, N_HI = 300, 1800
 try:
-    lo, hi = run(N_LO), run(N_HI)
-    print(f"{binary}: {(hi - lo) / (N_HI - N_LO):.0f} instructions per request ({lo} / {hi} total)")
+    per = {}
+    for mode in modes:
+        lo, hi = run(N_LO, mode), run(N_HI, mode)
+        per[mode] = (hi - lo) / (N_HI - N_LO)
+        print(f"{binary} {mode}: {per[mode]:.0f} instructions per request ({lo} / {hi} total)", flush=True)
+    for mode, base in (("replay", "plain"), ("spool-replay", "spool"), ("spool-replay", "plain")):
+        if mode in per and base in per:
+            print(f"{mode} / {base}: {per[mode] / per[base]:.3f}")
 finally:
     nginx.terminate(); nginx.wait()

@@ -37,6 +37,10 @@
 #                    shorter than the pool's cycle: a body's entry has expired when it comes
 #                    round again; the run fails if any request was answered as a repeat).
 #                    No direct, nginx or TLS rows; RESULTS defaults to results-replay.md
+#   REPLAY_SPOOL=0   1 (with REPLAY=1): two more rows for the replay store in the spool's
+#                    SQLite file: [spool] + delivery = "on_failure" (healthy upstream:
+#                    nothing spooled) without and with replay_window (a primary-key read
+#                    per request, a write in the spool's group commit)
 #   SPOOL=0          1: the spool's cost and speed (issue 9) instead, at 1 KiB: hookgate with
 #                    delivery = "sync", "on_failure" (healthy upstream: nothing is kept) and
 #                    "always" (every request committed to SQLite before its 202), then a
@@ -65,6 +69,7 @@ ACCESS_LOG=${ACCESS_LOG:-1}
 REPLAY=${REPLAY:-0}
 POOL_SIZE=${POOL_SIZE:-4096}
 REPLAY_WINDOW=${REPLAY_WINDOW:-50ms}
+REPLAY_SPOOL=${REPLAY_SPOOL:-0}
 SPOOL=${SPOOL:-0}
 DRAIN_N=${DRAIN_N:-100000}
 LUA=$HERE/post.lua
@@ -433,6 +438,20 @@ if [[ $REPLAY == 1 ]]; then
   hookgate_conf "$TMP/hookgate-replay.toml" "$HGR_PORT" "$HGR_ADMIN_PORT" "" "replay_window = \"$REPLAY_WINDOW\""
   start_hookgate hookgate-replay "$TMP/hookgate-replay.toml" "$HGR_PORT"
   register_target hookgate+replay "hookgate, replay_window" "http://127.0.0.1:$HGR_PORT$ROUTE_PATH" "$HG_PID" "$HG_PID"
+  REPLAY_ADMINS=("$HGR_ADMIN_PORT")
+  if [[ $REPLAY_SPOOL == 1 ]]; then
+    read -r HGS_PORT HGS_ADMIN_PORT HGSR_PORT HGSR_ADMIN_PORT < <(py ports 4)
+    replay_spool_lines() {  # replay_spool_lines DB [WINDOW_LINE]
+      printf '%s\ndelivery = "on_failure"\n\n[spool]\npath = "%s"\nmax_bytes = "4GiB"\n' "${2:-}" "$1"
+    }
+    hookgate_conf "$TMP/hookgate-spool.toml" "$HGS_PORT" "$HGS_ADMIN_PORT" "" "$(replay_spool_lines "$TMP/spool-plain.db")"
+    start_hookgate hookgate-spool "$TMP/hookgate-spool.toml" "$HGS_PORT"
+    register_target hookgate+spool "hookgate, [spool] on_failure" "http://127.0.0.1:$HGS_PORT$ROUTE_PATH" "$HG_PID" "$HG_PID"
+    hookgate_conf "$TMP/hookgate-spool-replay.toml" "$HGSR_PORT" "$HGSR_ADMIN_PORT" "" "$(replay_spool_lines "$TMP/spool-replay.db" "replay_window = \"$REPLAY_WINDOW\"")"
+    start_hookgate hookgate-spool-replay "$TMP/hookgate-spool-replay.toml" "$HGSR_PORT"
+    register_target hookgate+spool+replay "hookgate, [spool] on_failure, replay_window (SQLite store)" "http://127.0.0.1:$HGSR_PORT$ROUTE_PATH" "$HG_PID" "$HG_PID"
+    REPLAY_ADMINS+=("$HGSR_ADMIN_PORT")
+  fi
 fi
 
 if [[ $SPOOL == 1 ]]; then
@@ -539,11 +558,13 @@ done
 if [[ $REPLAY == 1 ]]; then
   # The comparison only holds if the replay target forwarded and recorded
   # every request: none may have been answered as a repeat.
-  metrics=$(curl -sS "http://127.0.0.1:$HGR_ADMIN_PORT/metrics")
-  repeats=$(awk '/^hookgate_requests_total\{route="bench",outcome="duplicate(_in_flight)?"\}/ {s += $2} END {print s + 0}' <<<"$metrics")
-  forwarded=$(awk '/^hookgate_requests_total\{route="bench",outcome="forwarded"\}/ {print $2}' <<<"$metrics")
-  log "replay target: $forwarded forwarded, $repeats answered as repeats; $(grep -E '^hookgate_replay_(entries|evictions_total) ' <<<"$metrics" | tr '\n' ' ')"
-  [[ $repeats == 0 ]] || die "the replay target answered $repeats requests as repeats: the pool is too small for this rate (raise POOL_SIZE or lower REPLAY_WINDOW)"
+  for admin_port in "${REPLAY_ADMINS[@]}"; do
+    metrics=$(curl -sS "http://127.0.0.1:$admin_port/metrics")
+    repeats=$(awk '/^hookgate_requests_total\{route="bench",outcome="duplicate(_in_flight)?"\}/ {s += $2} END {print s + 0}' <<<"$metrics")
+    forwarded=$(awk '/^hookgate_requests_total\{route="bench",outcome="forwarded"\}/ {print $2}' <<<"$metrics")
+    log "replay target (admin :$admin_port): $forwarded forwarded, $repeats answered as repeats; $(grep -E '^hookgate_replay_(entries|evictions_total) ' <<<"$metrics" | tr '\n' ' ')"
+    [[ $repeats == 0 ]] || die "the replay target answered $repeats requests as repeats: the pool is too small for this rate (raise POOL_SIZE or lower REPLAY_WINDOW)"
+  done
 fi
 
 SPOOL_NOTES=()
@@ -654,7 +675,7 @@ py report --results "$RAW" --out "$RESULTS" --rounds "$ROUNDS" \
   --meta "$TLS_NOTE" \
   "${SPOOL_NOTES[@]}" \
   --max-other "$MAX_OTHER" \
-  --command "$([[ $REPLAY == 1 ]] && echo "REPLAY=1 POOL_SIZE=$POOL_SIZE REPLAY_WINDOW=$REPLAY_WINDOW ")$([[ $SPOOL == 1 ]] && echo "SPOOL=1 DRAIN_N=$DRAIN_N ")BODIES=\"$BODIES\" DURATION=$DURATION ROUNDS=$ROUNDS benches/load/run.sh" || rc=$?
+  --command "$([[ $REPLAY == 1 ]] && echo "REPLAY=1 REPLAY_SPOOL=$REPLAY_SPOOL POOL_SIZE=$POOL_SIZE REPLAY_WINDOW=$REPLAY_WINDOW ")$([[ $SPOOL == 1 ]] && echo "SPOOL=1 DRAIN_N=$DRAIN_N ")BODIES=\"$BODIES\" DURATION=$DURATION ROUNDS=$ROUNDS benches/load/run.sh" || rc=$?
 if [[ -s $TMP/hookgate.warnings ]]; then
   # Count distinct messages (colour codes and timestamps stripped). Expected
   # with TLS: rustls warns once per connection that wrk sends the IP address
