@@ -103,7 +103,7 @@ pub struct SqliteStore {
     capacity: Arc<AtomicU64>,
     pub commit_stats: Arc<CommitStats>,
     /// The replay store in this file, made on first use (it starts a task).
-    replay: std::sync::OnceLock<Option<Arc<super::sqlite_replay::SqliteReplay>>>,
+    pub(super) replay: std::sync::OnceLock<Option<Arc<super::sqlite_replay::SqliteReplay>>>,
 }
 
 /// The writer's job queue, shared with the replay store so its writes join

@@ -311,3 +311,100 @@ impl ReplayStore for SqliteReplay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::sqlite::SqliteStore;
+    use super::super::Store;
+    use crate::replay::{claim, key, Repeat, Verified};
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn k(n: u8) -> ReplayKey {
+        key("r", Verified::Mac(&[n; 32]))
+    }
+
+    /// Rows in the table, read through the writer (after every queued write).
+    async fn rows(store: &SqliteStore) -> i64 {
+        store
+            .read(|w| {
+                w.conn()
+                    .query_row("SELECT count(*) FROM hookgate_replay", [], |r| r.get(0))
+                    .map_err(storage)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// In flight → 409; committed → a duplicate at once (before its row is
+    /// written) and after; forgotten → fresh; a reopened file still knows
+    /// what was recorded; the gauge counts rows and marks.
+    #[tokio::test]
+    async fn claim_commit_forget_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path, 1 << 20, true).unwrap();
+        let replay = store.replay_store().unwrap();
+        let gauge = Gauge::default();
+        replay.track(gauge.clone());
+
+        let c = claim(replay.as_ref(), k(1), HOUR).await.unwrap();
+        assert_eq!(gauge.get(), 1);
+        assert_eq!(
+            claim(replay.as_ref(), k(1), HOUR).await.err(),
+            Some(Repeat::InFlight)
+        );
+        c.commit();
+        // The row is queued, not yet written: the mark answers.
+        assert_eq!(
+            claim(replay.as_ref(), k(1), HOUR).await.err(),
+            Some(Repeat::Duplicate)
+        );
+        drop(claim(replay.as_ref(), k(2), HOUR).await.unwrap());
+        claim(replay.as_ref(), k(2), HOUR).await.unwrap().commit();
+        // Both writes are behind this read in the writer's queue.
+        assert_eq!(rows(&store).await, 2);
+        // Marks became rows one for one: two deliveries throughout.
+        assert_eq!(gauge.get(), 2);
+        assert_eq!(
+            claim(replay.as_ref(), k(2), HOUR).await.err(),
+            Some(Repeat::Duplicate)
+        );
+        drop(replay);
+        store.close();
+        drop(store);
+
+        let store = SqliteStore::open(&path, 1 << 20, false).unwrap();
+        let replay = store.replay_store().unwrap();
+        for n in [1, 2] {
+            assert_eq!(
+                claim(replay.as_ref(), k(n), HOUR).await.err(),
+                Some(Repeat::Duplicate)
+            );
+        }
+        claim(replay.as_ref(), k(3), HOUR).await.unwrap();
+        store.close();
+    }
+
+    /// A recorded row whose window passed is fresh again, renewed in place
+    /// when committed, and deleted by the sweep once expired.
+    #[tokio::test]
+    async fn expired_rows_are_fresh_renewed_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), 1 << 20, true).unwrap();
+        let replay = store.replay_store().unwrap();
+        let window = Duration::from_millis(20);
+        claim(replay.as_ref(), k(1), window).await.unwrap().commit();
+        assert_eq!(rows(&store).await, 1);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        claim(replay.as_ref(), k(1), window).await.unwrap().commit();
+        assert_eq!(rows(&store).await, 1);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let sqlite = store.replay.get().cloned().flatten().unwrap();
+        sqlite.inner.sweep().await;
+        assert_eq!(rows(&store).await, 0);
+        store.close();
+    }
+}
