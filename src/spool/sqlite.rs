@@ -222,6 +222,11 @@ impl SqliteStore {
 
     /// Finishes the queued jobs, stops both threads and closes the file.
     pub fn close(&self) {
+        // Records the replay store has not handed over yet go first, into
+        // the queue the writer finishes below.
+        if let Some(Some(replay)) = self.replay.get() {
+            replay.flush_now();
+        }
         self.jobs.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
