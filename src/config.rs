@@ -631,6 +631,14 @@ fn build(
     };
 
     let spool_span = raw.spool.as_ref().map_or(0..0, Spanned::span);
+    if let (Some(_), Some(v)) = (&raw.spool, &raw.limits.replay_max_entries) {
+        // With [spool] the replay store is the spool's database (SPEC §10):
+        // the bound would look like it applies, and does not.
+        r.warn(
+            v.span(),
+            "limits.replay_max_entries bounds the in-memory replay store only; with [spool] replay_window routes keep their records in the spool's database until the window passes; remove it",
+        );
+    }
     let spool = raw.spool.map(|s| build_spool(s, env, r));
 
     let mut names: HashMap<String, Range<usize>> = HashMap::new();

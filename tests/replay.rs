@@ -521,3 +521,48 @@ async fn with_spool_a_restart_keeps_the_store() {
     upstream_reaches(&up, 5).await;
     gw.stop().await;
 }
+
+/// `limits.replay_max_entries` does not bound the spool's replay store:
+/// with `[spool]` it is a warning naming the line (`check` exits 0,
+/// `--strict` 1), not a silently ignored key; without `[spool]` it is what
+/// bounds the store, and `--strict` passes.
+#[test]
+fn replay_max_entries_with_spool_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    let memory = two_routes("127.0.0.1:9".parse().unwrap(), "replay_window = \"1h\"")
+        .replace("[limits]\n", "[limits]\nreplay_max_entries = 5\n");
+    let spooled = format!(
+        "{memory}\n[spool]\npath = \"{}\"\n",
+        dir.path().join("spool.db").display()
+    );
+    let check = |text: &str, strict: &[&str]| {
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(hookgate_bin())
+            .arg("check")
+            .args(strict)
+            .arg("--config")
+            .arg(&path)
+            .envs([("SECRET_A", SECRET_A), ("SECRET_B", SECRET_B)])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let line = memory
+        .lines()
+        .position(|l| l.starts_with("replay_max_entries"))
+        .unwrap()
+        + 1;
+    let (code, err) = check(&spooled, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!("hookgate.toml:{line}:22: warning: limits.replay_max_entries bounds the in-memory replay store only")),
+        "{err}"
+    );
+    assert_eq!(check(&spooled, &["--strict"]).0, Some(1));
+    let (code, err) = check(&memory, &["--strict"]);
+    assert_eq!(code, Some(0), "{err}");
+}

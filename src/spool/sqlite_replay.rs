@@ -417,7 +417,15 @@ mod tests {
         claim(replay.as_ref(), k(2), HOUR).await.unwrap().commit();
         settle(&store).await;
         assert_eq!(rows(&store).await, 2);
-        assert!(store.replay.get().cloned().flatten().unwrap().inner.marks().is_empty());
+        assert!(store
+            .replay
+            .get()
+            .cloned()
+            .flatten()
+            .unwrap()
+            .inner
+            .marks()
+            .is_empty());
         // Marks became rows one for one: two deliveries throughout.
         assert_eq!(gauge.get(), 2);
         assert_eq!(
