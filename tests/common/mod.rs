@@ -955,12 +955,17 @@ impl BinaryGateway {
             .unwrap()
             .success());
         for _ in 0..500 {
-            let lines = self.lines.lock().unwrap();
-            let mut outcomes = lines.iter().filter(|l| done(l)).skip(before);
-            if let Some(line) = outcomes.next() {
-                return line.contains("configuration reloaded");
+            let outcome = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| done(l))
+                .nth(before)
+                .map(|line| line.contains("configuration reloaded"));
+            if let Some(applied) = outcome {
+                return applied;
             }
-            drop(lines);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("no reload line within 10 s");
