@@ -375,16 +375,22 @@ impl Proxy {
     /// `spool`.
     pub fn with_spool(config: Config, metrics: Arc<Metrics>, spool: Option<Arc<Spool>>) -> Proxy {
         let upstreams = Upstreams::default();
+        let shared_replay = spool.as_ref().and_then(|s| s.store.replay_store());
+        // One store reports `hookgate_replay_entries`: the unused memory
+        // store would otherwise reset it to 0 on every reload.
+        let memory_entries = match &shared_replay {
+            Some(shared) => {
+                shared.track(metrics.replay_entries.clone());
+                Default::default()
+            }
+            None => metrics.replay_entries.clone(),
+        };
         let replay = MemoryStore::new(
             config.limits.replay_max_entries,
-            metrics.replay_entries.clone(),
+            memory_entries,
             metrics.replay_evictions.clone(),
         );
         let state = State::new(config, &metrics, &upstreams, spool.as_deref());
-        let shared_replay = spool.as_ref().and_then(|s| s.store.replay_store());
-        if let Some(shared) = &shared_replay {
-            shared.track(metrics.replay_entries.clone());
-        }
         Proxy {
             state: ArcSwap::from_pointee(state),
             upstreams,

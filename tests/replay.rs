@@ -273,10 +273,13 @@ async fn upstream_down_lets_the_retry_through(store: Store) {
     assert_eq!(raw(gw.addr, &a).await.0.status, 201);
     assert_eq!(raw(gw.addr, &a).await.0.status, 200);
     assert_eq!(up.count(), 1);
-    // Another reload: what was recorded stays recorded.
+    // Another reload: what was recorded stays recorded, and so does the
+    // gauge that counts it.
     assert!(gw.reload(&store.config(up.addr, "1h", "")).await);
     assert_eq!(raw(gw.addr, &a).await.0.status, 200);
     assert_eq!(up.count(), 1);
+    let text = gw.settled_metrics().await;
+    assert_eq!(sample(&text, "hookgate_replay_entries"), Some(1.0));
     gw.stop().await;
 }
 
