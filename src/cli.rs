@@ -221,23 +221,23 @@ fn check_database(config: &Config) -> ExitCode {
         }
     };
     let current = crate::spool::postgres::schema_version();
-    match runtime.block_on(crate::spool::postgres::inspect(url)) {
-        Ok(0) => println!(
-            "{}: spool database reachable; schema not created yet (hookgate run creates version {current})",
-            url.masked()
-        ),
-        Ok(v) if v < current => println!(
-            "{}: spool database reachable; schema version {v} (hookgate run migrates it to {current})",
-            url.masked()
-        ),
-        Ok(v) => println!(
-            "{}: spool database reachable; schema version {v} (current)",
-            url.masked()
-        ),
+    let found = match runtime.block_on(crate::spool::postgres::inspect(url)) {
+        Ok(found) => found,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
+    };
+    let masked = url.masked();
+    let tls = &found.tls;
+    match found.schema_version {
+        0 => println!(
+            "{masked}: spool database reachable ({tls}); schema not created yet (hookgate run creates version {current})"
+        ),
+        v if v < current => println!(
+            "{masked}: spool database reachable ({tls}); schema version {v} (hookgate run migrates it to {current})"
+        ),
+        v => println!("{masked}: spool database reachable ({tls}); schema version {v} (current)"),
     }
     ExitCode::SUCCESS
 }

@@ -1491,7 +1491,7 @@ secret = { env = "S" }
         );
         e.insert(
             "TLS_DB".into(),
-            "postgres://hg:pa55word@db/x?sslmode=require".into(),
+            "postgres://hg:pa55word@db/x?sslmode=verify-full".into(),
         );
         let load = |spool: &str| {
             let text = format!("{MINIMAL}\n[spool]\n{spool}\n");
@@ -1538,7 +1538,7 @@ secret = { env = "S" }
         );
         let p = problems("backend = \"postgres\"\nurl = { env = \"TLS_DB\" }");
         assert!(
-            p[0].contains("sslmode=require") && !p[0].contains("pa55word"),
+            p[0].contains("sslmode=verify-full needs sslrootcert") && !p[0].contains("pa55word"),
             "{p:?}"
         );
     }

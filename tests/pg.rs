@@ -92,23 +92,12 @@ delivery = "{delivery}"
     path
 }
 
-/// Runs the binary off the runtime, so this test's own database
-/// connections keep being driven meanwhile (a rollback still queued on one
-/// would otherwise hold its locks).
 async fn hookgate(args: &[&str], url: &str) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hookgate"));
-    command
-        .args(args)
-        .env("HOOKGATE_DATABASE_URL", url)
-        .env("SECRET_A", SECRET_A);
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    pg::hookgate(
+        args,
+        &[("HOOKGATE_DATABASE_URL", url), ("SECRET_A", SECRET_A)],
     )
+    .await
 }
 
 /// Polls `cond` every 20 ms for up to `within`.
@@ -350,6 +339,32 @@ async fn unreachable_database_is_named_without_its_password() {
             "{cmd}: {err}"
         );
     }
+}
+
+/// A server without TLS (this cluster has `ssl = off`): `sslmode=require`
+/// never falls back to plain text, the start fails saying so; without an
+/// sslmode (libpq's `prefer`) the connection is plain and `hookgate check`
+/// says that. TLS itself: tests/pg_tls.rs.
+#[tokio::test]
+async fn require_never_falls_back_to_plain_text() {
+    let Some(cluster) = pg::shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path(), "127.0.0.1:9".parse().unwrap(), "always", "");
+    let url = with_password(&cluster.database());
+    let require = format!("{url}?sslmode=require");
+    for cmd in ["check", "run"] {
+        let (ok, out, err) = hookgate(&[cmd, "--config", config.to_str().unwrap()], &require).await;
+        assert!(!ok, "{cmd}: {out}{err}");
+        assert!(
+            err.contains("server does not support TLS")
+                && err.contains("the server has ssl = off")
+                && err.contains("hookgate:***@")
+                && !err.contains(PASSWORD),
+            "{cmd}: {err}"
+        );
+    }
+    let (ok, out, err) = hookgate(&["check", "--config", config.to_str().unwrap()], &url).await;
+    assert!(ok && out.contains("(no TLS, sslmode=prefer)"), "{out}{err}");
 }
 
 /// Instance A spools six webhooks and takes four for delivery (leased)

@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod postgres;
 pub mod postgres_replay;
+pub mod postgres_tls;
 pub mod sqlite;
 pub mod sqlite_replay;
 pub mod worker;

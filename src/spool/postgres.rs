@@ -1,7 +1,7 @@
 //! The shared spool (SPEC §11): records in a PostgreSQL database that
 //! several gateway instances use at once (`tokio-postgres` through a
-//! `deadpool-postgres` pool, no TLS: a URL that requires TLS is refused at
-//! load).
+//! `deadpool-postgres` pool, TLS through rustls as the URL's `sslmode`
+//! asks: [`super::postgres_tls`]).
 //!
 //! - Durable means the COMMIT returned with `synchronous_commit` on (it is
 //!   forced on for the spool's writes when the server has it off).
@@ -26,17 +26,16 @@
 //! pool reconnects by itself once it is back.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, Pool, Runtime};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
+use super::postgres_tls::Settings;
 use super::{
     NewRecord, Note, Record, RecordState, RouteStats, Selection, Stats, Store, StoreError,
     StoreFuture,
@@ -96,21 +95,16 @@ const POOL_SIZE: usize = 16;
 
 const COLUMNS: &str = "seq, id, route, received_ms, method, target, headers, body, state, attempts, next_attempt_ms, last_status, last_error";
 
-/// Checks a connection string at config load: it parses, names a host, and
-/// does not require TLS (this build connects without it). The message
-/// never repeats the string.
+/// Checks a connection string at config load: it parses, names a host,
+/// and its TLS settings are usable (`sslrootcert` read). The message never
+/// repeats the string.
 pub fn check_url(url: &DatabaseUrl) -> Result<(), String> {
-    let config = tokio_postgres::Config::from_str(url.expose()).map_err(|e| {
-        format!("not a PostgreSQL connection string ({e}); write e.g. postgres://hookgate:PASSWORD@db.internal:5432/hookgate")
-    })?;
-    if config.get_hosts().is_empty() {
+    let settings = super::postgres_tls::settings(url)?;
+    if settings.config.get_hosts().is_empty() {
         return Err(
             "names no host; write e.g. postgres://hookgate:PASSWORD@db.internal:5432/hookgate"
                 .into(),
         );
-    }
-    if matches!(config.get_ssl_mode(), SslMode::Require) {
-        return Err("asks for sslmode=require, but this build connects to PostgreSQL without TLS; reach the database over a trusted network or a local TLS tunnel (stunnel, pgbouncer) and drop sslmode=require".into());
     }
     Ok(())
 }
@@ -168,40 +162,106 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn pool(url: &DatabaseUrl) -> Result<Pool, String> {
-    let mut config = tokio_postgres::Config::from_str(url.expose())
+fn pool(url: &DatabaseUrl) -> Result<(Pool, Settings), String> {
+    let settings = super::postgres_tls::settings(url)
         .map_err(|e| format!("spool.url ({}): {e}", url.source))?;
+    let mut config = settings.config.clone();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(OP_TIMEOUT);
     }
     if config.get_application_name().is_none() {
         config.application_name("hookgate");
     }
-    Pool::builder(Manager::new(config, NoTls))
+    let pool = Pool::builder(Manager::new(config, settings.tls.clone()))
         .max_size(POOL_SIZE)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(OP_TIMEOUT))
         .create_timeout(Some(OP_TIMEOUT))
         .recycle_timeout(Some(OP_TIMEOUT))
         .build()
-        .map_err(|e| format!("cannot set up the database pool: {e}"))
+        .map_err(|e| format!("cannot set up the database pool: {e}"))?;
+    Ok((pool, settings))
+}
+
+/// Whether this connection is encrypted, as the server sees it
+/// (`pg_stat_ssl`): e.g. `TLS TLSv1.3, sslmode=verify-full, CA /etc/ca.pem`
+/// or `no TLS, sslmode=prefer`.
+async fn tls_in_use<C: deadpool_postgres::GenericClient + Sync>(
+    client: &C,
+    settings: &Settings,
+) -> Result<String, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+            &[],
+        )
+        .await
+        .map_err(storage)?;
+    let version: Option<String> = match row {
+        Some(r) => r.try_get(0).map_err(storage)?,
+        None => None,
+    };
+    Ok(match version {
+        Some(v) => format!("TLS {v}, {}", settings.describe()),
+        None => format!("no TLS, {}", settings.describe()),
+    })
+}
+
+/// What [`inspect`] found.
+#[derive(Debug)]
+pub struct Inspected {
+    /// 0: empty, `hookgate run` creates the schema.
+    pub schema_version: i32,
+    /// Whether the connection is encrypted ([`tls_in_use`]).
+    pub tls: String,
 }
 
 /// What `hookgate check` reports: the schema version found in the database
-/// (0: empty, `hookgate run` creates the schema), without changing it.
-pub async fn inspect(url: &DatabaseUrl) -> Result<i32, String> {
+/// and whether the connection is encrypted, without changing anything.
+pub async fn inspect(url: &DatabaseUrl) -> Result<Inspected, String> {
     let masked = url.masked();
-    let pool = pool(url)?;
-    let found = deadline(async {
-        let client = pool.get().await.map_err(storage)?;
-        read_version(&client).await
+    let (pool, settings) = pool(url)?;
+    let (found, tls) = deadline(async {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Storage(format!("database: {}", connect_error(e))))?;
+        Ok((
+            read_version(&client).await?,
+            tls_in_use(&client, &settings).await?,
+        ))
     })
     .await
     .map_err(|e| format!("{masked}: {e}"))?;
     if found > schema_version() {
         return Err(newer_message(&masked, found));
     }
-    Ok(found)
+    Ok(Inspected {
+        schema_version: found,
+        tls,
+    })
+}
+
+/// A connection that could not be made, with a hint when TLS is why.
+fn connect_error(e: deadpool_postgres::PoolError) -> String {
+    // The TLS reason sits in the error's sources, not its Display.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    let hint = if text.contains("invalid peer certificate") {
+        "; check that sslrootcert names the CA that signed the database server's certificate and, for verify-full, that the URL's host is a name in it"
+    } else if text.contains("server does not support TLS") {
+        "; the server has ssl = off: turn it on, or lower sslmode (prefer: encrypted only when offered)"
+    } else {
+        ""
+    };
+    format!("cannot connect: {text}{hint}")
 }
 
 fn newer_message(masked: &str, found: i32) -> String {
@@ -235,7 +295,7 @@ async fn migrate(pool: &Pool, masked: &str) -> Result<i32, String> {
     let mut client = pool
         .get()
         .await
-        .map_err(|e| format!("{masked}: cannot connect: {e}"))?;
+        .map_err(|e| format!("{masked}: {}", connect_error(e)))?;
     let tx = client
         .transaction()
         .await
@@ -282,7 +342,7 @@ impl PgStore {
         lease: Duration,
     ) -> Result<PgStore, String> {
         let masked = url.masked();
-        let pool = pool(url)?;
+        let (pool, settings) = pool(url)?;
         let found = tokio::time::timeout(OP_TIMEOUT * 3, migrate(&pool, &masked))
             .await
             .map_err(|_| {
@@ -310,7 +370,11 @@ impl PgStore {
             .await
             .map_err(|e| format!("{masked}: {e}"))?
             .get(0);
+        let tls = tls_in_use(&client, &settings)
+            .await
+            .map_err(|e| format!("{masked}: {e}"))?;
         drop(client);
+        tracing::info!(database = %masked, tls = %tls, "spool: connected to the database");
         let force_sync = sync == "off";
         if force_sync {
             tracing::warn!(database = %masked, "synchronous_commit is off on the server; the spool turns it on for its own writes");
@@ -836,8 +900,9 @@ mod tests {
     fn urls_are_checked_without_repeating_them() {
         let url = |t: &str| DatabaseUrl::new(t.into(), "env X".into());
         assert!(check_url(&url("postgres://hg:pw@127.0.0.1:5432/x")).is_ok());
-        let e = check_url(&url("postgres://hg:pw@db/x?sslmode=require")).unwrap_err();
-        assert!(e.contains("sslmode=require") && !e.contains("pw"), "{e}");
+        assert!(check_url(&url("postgres://hg:pw@db/x?sslmode=require")).is_ok());
+        let e = check_url(&url("postgres://hg:pw@db/x?sslmode=verify-full")).unwrap_err();
+        assert!(e.contains("needs sslrootcert") && !e.contains("pw"), "{e}");
         let e = check_url(&url("postgres://hg:pw@db:notaport/x")).unwrap_err();
         assert!(
             e.contains("not a PostgreSQL connection string") && !e.contains("pw@"),

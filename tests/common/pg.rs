@@ -91,6 +91,14 @@ pub struct Cluster {
     dir: PathBuf,
     pub port: u16,
     server: Option<(u32, JoinHandle<()>)>,
+    /// Extra `-c name=value` server settings (TLS).
+    settings: Vec<String>,
+}
+
+/// A server certificate and key (PEM) for [`Cluster::start_tls`].
+pub struct ServerTls<'a> {
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -100,6 +108,16 @@ impl Cluster {
     /// `initdb` and start a new cluster; `None` (after a loud message) when
     /// no PostgreSQL binaries exist here.
     pub fn start() -> Option<Cluster> {
+        Cluster::start_with(None)
+    }
+
+    /// Like [`Cluster::start`], with `ssl = on` serving `tls` (plain
+    /// connections are still accepted, as a default server does).
+    pub fn start_tls(tls: ServerTls<'_>) -> Option<Cluster> {
+        Cluster::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls<'_>>) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n!!! SKIPPING PostgreSQL TESTS: no `postgres` binary found (install Debian's\n!!! postgresql package, as .ci/run does, or set HOOKGATE_PG_BIN)\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
             return None;
@@ -119,6 +137,20 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).unwrap();
         drop(created);
+        let mut settings = Vec::new();
+        if let Some(tls) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert, tls.cert_pem).unwrap();
+            std::fs::write(&key, tls.key_pem).unwrap();
+            // postgres refuses a key others can read.
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            settings = vec![
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", cert.display()),
+                format!("ssl_key_file={}", key.display()),
+            ];
+        }
         if running_as_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -144,6 +176,7 @@ impl Cluster {
             dir,
             port: 0,
             server: None,
+            settings,
         };
         cluster.run();
         Some(cluster)
@@ -176,6 +209,7 @@ impl Cluster {
                     "-c",
                     "max_connections=200",
                 ])
+                .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
@@ -336,4 +370,20 @@ pub fn shared() -> Option<&'static Cluster> {
 /// The database name at the end of a URL from [`Cluster::database`].
 pub fn database_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
+}
+
+/// Runs the binary with `args` and `env` off the runtime (so the test's own
+/// database connections keep being driven meanwhile): (success, stdout,
+/// stderr).
+pub async fn hookgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(super::hookgate_bin());
+    command.args(args).envs(env.iter().copied());
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
