@@ -53,13 +53,18 @@ fn record(id: &str) -> NewRecord {
 }
 
 /// A config for the binary: route "a" with `delivery`, the spool on the
-/// database in `HOOKGATE_DATABASE_URL`.
+/// database in `HOOKGATE_DATABASE_URL` (`retry` short unless `extra` sets it).
 fn binary_config(
     dir: &Path,
     upstream: SocketAddr,
     delivery: &str,
     extra: &str,
 ) -> std::path::PathBuf {
+    let retry = if extra.contains("retry") {
+        ""
+    } else {
+        r#"retry = ["200ms", "400ms", "800ms"]"#
+    };
     let text = format!(
         r#"
 [server]
@@ -76,7 +81,7 @@ upstream_timeout = "2s"
 [spool]
 backend = "postgres"
 url = {{ env = "HOOKGATE_DATABASE_URL" }}
-retry = ["200ms", "400ms", "800ms"]
+{retry}
 {extra}
 
 [[route]]
@@ -589,4 +594,89 @@ delivery = "on_failure"
     );
     gw.stop().await;
     drop(cluster);
+}
+
+/// Two instances on one database, the app down (503): the route's circuit
+/// is shared, so after the first failures the app sees one probe per
+/// backoff step from the pair, never two (consecutive probes at least a
+/// jittered step apart, 1.5 s − 20 %), instead of one per instance. When
+/// the app is back, one probe closes the circuit for both and everything
+/// either instance acknowledged is delivered.
+#[tokio::test]
+async fn circuit_is_shared_one_probe_per_step_across_instances() {
+    let Some(cluster) = pg::shared() else { return };
+    let url = with_password(&cluster.database());
+    let up = Upstream::start(Behaviour::Status(503, None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(binary_config(
+        dir.path(),
+        up.addr,
+        "always",
+        "lease = \"4s\"\nredelivery_concurrency = 1\nretry = [\"1500ms\", \"1500ms\", \"1500ms\", \"1500ms\", \"1500ms\", \"1500ms\", \"1500ms\", \"1500ms\", \"1500ms\", \"1500ms\"]",
+    ))
+    .unwrap();
+    let env = [("HOOKGATE_DATABASE_URL", url.as_str())];
+    // Killed when dropped: a failing assertion leaves no gateway behind.
+    let a = BinaryGateway::start_with(&config, &env);
+    let b = BinaryGateway::start_with(&config, &env);
+    let mut acked = HashSet::new();
+    for n in 0..2 {
+        for gw in [&a, &b] {
+            let (status, id) = send(gw.addr, "/webhooks/a", n).await;
+            assert_eq!(status, 202);
+            acked.insert(id.unwrap());
+        }
+    }
+    assert!(eventually(Duration::from_secs(5), || up.count() >= 1).await);
+    let t0 = up.received()[0].at;
+    // Each instance tries at most once while its circuit is still closed
+    // (the burst at t0); then only probes, for 6.5 s.
+    tokio::time::sleep_until(t0 + Duration::from_millis(7500)).await;
+    let seen = up.received();
+    let burst = seen
+        .iter()
+        .filter(|r| r.at < t0 + Duration::from_millis(900))
+        .count();
+    assert!(burst <= 2, "{burst} attempts before the circuits opened");
+    let probes: Vec<Instant> = seen
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| *at >= t0 + Duration::from_millis(900))
+        .collect();
+    let gaps: Vec<Duration> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(1150)),
+        "two probes within one step: gaps {gaps:?}"
+    );
+    assert!(
+        (3..=6).contains(&probes.len()),
+        "{} probes in 6.6 s at one per 1.2–1.8 s step: {gaps:?}",
+        probes.len()
+    );
+
+    // The app is back: one probe closes the circuit for both instances and
+    // both drain (each record ends with one 2xx).
+    up.set(Behaviour::Respond);
+    let delivered = || -> HashSet<String> {
+        let ok_from = seen.len();
+        up.received()
+            .into_iter()
+            .skip(ok_from)
+            .filter_map(|r| r.header("x-hookgate-delivery").map(str::to_string))
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || delivered() == acked).await,
+        "acknowledged {acked:?}, delivered {:?}",
+        delivered()
+    );
+    for gw in [a, b] {
+        assert!(!gw
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(PASSWORD)));
+        gw.stop().await;
+    }
 }

@@ -182,15 +182,20 @@ async fn verify_full_spools_and_redelivers_over_tls() {
         "{out}"
     );
 
-    let mut gw = spawn_run(&config, &env);
+    // Killed when dropped: a failing assertion leaves no gateway behind.
+    let gw = BinaryGateway::start_with(
+        &std::fs::read_to_string(&config).unwrap(),
+        &[("HOOKGATE_DATABASE_URL", url.as_str())],
+    );
     assert!(
-        gw.seen
+        gw.lines
+            .lock()
+            .unwrap()
             .iter()
             .any(|l| l.contains("connected to the database") && l.contains("TLS TLSv1.3")),
         "{:#?}",
-        gw.seen
+        gw.lines
     );
-    let log = drain_log(&mut gw);
     let mut acked = Vec::new();
     for n in 0..3 {
         let body = format!(r#"{{"event":"generation.completed","n":{n}}}"#).into_bytes();
@@ -225,12 +230,13 @@ async fn verify_full_spools_and_redelivers_over_tls() {
     assert!(tls.parse::<u32>().unwrap() >= 1, "{seen}");
     assert_eq!(plain, "0", "{seen}");
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &gw.child.id().to_string()])
-        .status();
-    let status = gw.child.wait().unwrap();
-    assert!(status.success(), "{:#?}", log.lock().unwrap());
-    assert!(!log.lock().unwrap().iter().any(|l| l.contains(PASSWORD)));
+    assert!(!gw
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains(PASSWORD)));
+    gw.stop().await;
 }
 
 /// A certificate the URL's CA did not issue, or one that does not name

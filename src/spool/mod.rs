@@ -15,8 +15,10 @@
 //! returned `Ok`, which a backend may return only once the record is durable
 //! (SQLite: the commit's fsync returned).
 
+pub mod circuit_sync;
 pub mod cli;
 pub mod postgres;
+pub mod postgres_circuit;
 pub mod postgres_replay;
 pub mod postgres_tls;
 pub mod sqlite;
@@ -26,12 +28,12 @@ pub mod worker;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderName;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 /// Carries the delivery id on every attempt of a spooled route.
@@ -220,6 +222,12 @@ pub trait Store: Send + Sync + 'static {
     fn replay_store(&self) -> Option<Arc<dyn crate::replay::ReplayStore>> {
         None
     }
+    /// The circuits, when several instances share them through this store
+    /// (one probe per route and step across instances); `None`: each
+    /// instance keeps its own (SQLite, one host).
+    fn shared_circuits(&self) -> Option<&dyn SharedCircuits> {
+        None
+    }
     /// Finishes queued writes and releases the storage (may block).
     fn close(&self) {}
     /// Group-commit counters so far: (commits, writes, largest batch).
@@ -318,10 +326,22 @@ pub fn failed_status(status: http::StatusCode) -> bool {
 /// One route's circuit: after a failed attempt, new `on_failure` requests
 /// skip the synchronous try, and the worker sends one probe per backoff
 /// step until an attempt succeeds.
+///
+/// On a store shared by several instances ([`Store::shared_circuits`]) the
+/// circuit is also the route's row in the database: every change made here
+/// is queued for [`circuit_sync::run`], which writes it and, every second,
+/// brings this copy in line with what the other instances did; the probe
+/// itself is taken with [`SharedCircuits::take_probe`], so one instance
+/// probes per step. The request path reads only this copy.
 #[derive(Debug, Default)]
 pub struct Circuit {
     open: AtomicBool,
     probe: Mutex<Probe>,
+    /// Where changes go when the circuit is shared (route name, queue).
+    shared: Option<(String, mpsc::UnboundedSender<CircuitWrite>)>,
+    /// Bumped after every local change (after its write was queued), so
+    /// the sync never overwrites a change it has not written yet.
+    version: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -333,8 +353,23 @@ struct Probe {
 }
 
 impl Circuit {
+    fn shared(route: &str, writes: mpsc::UnboundedSender<CircuitWrite>) -> Circuit {
+        Circuit {
+            shared: Some((route.to_string(), writes)),
+            ..Circuit::default()
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Queues `write` for the shared row (no-op when not shared).
+    fn share(&self, write: impl FnOnce(String) -> CircuitWrite) {
+        if let Some((route, writes)) = &self.shared {
+            let _ = writes.send(write(route.clone()));
+        }
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Records a failed attempt. Opening schedules the first probe after
@@ -354,6 +389,14 @@ impl Circuit {
         let step = retry.get(p.step).copied().unwrap_or(Duration::from_secs(1));
         let delay = jitter(step).max(at_least.unwrap_or(Duration::ZERO));
         p.next = Some(Instant::now() + delay);
+        let step = p.step;
+        self.share(|route| {
+            if was_open {
+                CircuitWrite::ProbeFailed { route, step, delay }
+            } else {
+                CircuitWrite::Open { route, delay }
+            }
+        });
     }
 
     /// Records a successful attempt; true when this closed the circuit.
@@ -364,7 +407,19 @@ impl Circuit {
         let mut p = self.probe.lock().unwrap_or_else(|e| e.into_inner());
         p.step = 0;
         p.next = None;
-        self.open.swap(false, Ordering::AcqRel)
+        let closed = self.open.swap(false, Ordering::AcqRel);
+        if closed {
+            self.share(|route| CircuitWrite::Close { route });
+        }
+        closed
+    }
+
+    /// A probe that neither failed nor succeeded (e.g. a 400, one record's
+    /// problem) or found nothing to send: another instance may probe.
+    pub fn probe_released(&self) {
+        if self.shared.is_some() {
+            self.share(|route| CircuitWrite::ReleaseProbe { route });
+        }
     }
 
     /// When the next probe may go, while open.
@@ -374,6 +429,75 @@ impl Circuit {
         }
         self.probe.lock().unwrap_or_else(|e| e.into_inner()).next
     }
+
+    /// The step the shared row is at, read when this instance took the
+    /// probe: a failure moves on from there.
+    pub fn set_step(&self, step: usize) {
+        self.probe.lock().unwrap_or_else(|e| e.into_inner()).step = step;
+    }
+
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Takes the shared row's state (`None`: closed), unless this copy
+    /// changed since `seen` (that change is written first).
+    fn sync(&self, shared: Option<&SharedCircuit>, seen: u64) {
+        let mut p = self.probe.lock().unwrap_or_else(|e| e.into_inner());
+        if self.version() != seen {
+            return;
+        }
+        match shared {
+            Some(s) => {
+                p.step = s.step;
+                p.next = Some(Instant::now() + s.next_probe_in);
+                self.open.store(true, Ordering::Release);
+            }
+            None => {
+                p.step = 0;
+                p.next = None;
+                self.open.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// A route's circuit as another instance may have left it in the shared
+/// store: open, at `step`, the next probe in `next_probe_in`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedCircuit {
+    pub route: String,
+    pub step: usize,
+    pub next_probe_in: Duration,
+}
+
+/// A change to a route's shared circuit, written in the order made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CircuitWrite {
+    /// Open it, unless another instance already did (its schedule stays).
+    Open { route: String, delay: Duration },
+    /// The probe this instance held failed: `step`, next probe after `delay`.
+    ProbeFailed {
+        route: String,
+        step: usize,
+        delay: Duration,
+    },
+    /// An attempt succeeded: closed for every instance.
+    Close { route: String },
+    /// Give up the probe this instance held.
+    ReleaseProbe { route: String },
+}
+
+/// Circuits kept in a store that several instances share (PostgreSQL).
+pub trait SharedCircuits: Send + Sync {
+    /// Applies one change.
+    fn write(&self, change: CircuitWrite) -> StoreFuture<'_, ()>;
+    /// The routes whose circuit is open.
+    fn open_circuits(&self) -> StoreFuture<'_, Vec<SharedCircuit>>;
+    /// Takes the route's probe for this instance if it is due and no
+    /// other instance holds it (a conditional update: one winner per
+    /// step); the step it is at, or `None`.
+    fn take_probe(&self, route: &str) -> StoreFuture<'_, Option<usize>>;
 }
 
 /// Whether the spool can be written: `/readyz` answers 503 while not.
@@ -397,6 +521,10 @@ impl Health {
 pub struct Spool {
     pub store: Arc<dyn Store>,
     circuits: Mutex<HashMap<String, Arc<Circuit>>>,
+    /// Shared circuits' changes, for [`circuit_sync::run`] (which takes the
+    /// receiver); `None` when each instance keeps its own.
+    circuit_writes: Option<mpsc::UnboundedSender<CircuitWrite>>,
+    circuit_queue: Mutex<Option<mpsc::UnboundedReceiver<CircuitWrite>>>,
     /// Wakes the worker (a record became due now).
     pub wake: Notify,
     pub health: Arc<Health>,
@@ -410,9 +538,18 @@ impl std::fmt::Debug for Spool {
 
 impl Spool {
     pub fn new(store: Arc<dyn Store>) -> Spool {
+        let (circuit_writes, circuit_queue) = match store.shared_circuits() {
+            Some(_) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         Spool {
             store,
             circuits: Mutex::new(HashMap::new()),
+            circuit_writes,
+            circuit_queue: Mutex::new(circuit_queue),
             wake: Notify::new(),
             health: Arc::new(Health::default()),
         }
@@ -421,7 +558,20 @@ impl Spool {
     /// The circuit of the route called `name`, created closed.
     pub fn circuit(&self, name: &str) -> Arc<Circuit> {
         let mut c = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
-        c.entry(name.to_string()).or_default().clone()
+        c.entry(name.to_string())
+            .or_insert_with(|| match &self.circuit_writes {
+                Some(writes) => Arc::new(Circuit::shared(name, writes.clone())),
+                None => Arc::default(),
+            })
+            .clone()
+    }
+
+    /// Every circuit made so far, with its version (see [`Circuit::sync`]).
+    fn circuits_now(&self) -> Vec<(String, Arc<Circuit>, u64)> {
+        let c = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        c.iter()
+            .map(|(name, circuit)| (name.clone(), circuit.clone(), circuit.version()))
+            .collect()
     }
 
     /// A route's circuit closed after a synchronous success: make its
@@ -515,5 +665,42 @@ mod tests {
         assert!(c.succeeded());
         assert!(!c.is_open());
         assert!(!c.succeeded());
+    }
+
+    #[test]
+    fn shared_circuit_queues_its_changes_and_sync_never_undoes_a_newer_one() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = Circuit::shared("a", tx);
+        let retry = [Duration::from_secs(10), Duration::from_secs(60)];
+        let before = c.version();
+        c.failed(&retry, false, None);
+        assert!(
+            matches!(rx.try_recv(), Ok(CircuitWrite::Open { route, .. }) if route == "a"),
+            "opening is shared"
+        );
+        // A read from before the change (closed) does not undo it.
+        c.sync(None, before);
+        assert!(c.is_open());
+        // Another instance's probe moved the row on: taken as it is.
+        let elsewhere = SharedCircuit {
+            route: "a".into(),
+            step: 1,
+            next_probe_in: Duration::from_secs(30),
+        };
+        c.sync(Some(&elsewhere), c.version());
+        let next = c.next_probe().unwrap();
+        assert!(next > Instant::now() + Duration::from_secs(29), "{next:?}");
+        c.failed(&retry, true, None);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(CircuitWrite::ProbeFailed { step: 1, .. })
+        ));
+        // Closed by another instance: closed here, nothing written back.
+        c.sync(None, c.version());
+        assert!(!c.is_open());
+        assert!(rx.try_recv().is_err());
+        // A closed circuit's success changes nothing, so shares nothing.
+        assert!(!c.succeeded());
+        assert!(rx.try_recv().is_err());
     }
 }

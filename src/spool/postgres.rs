@@ -74,6 +74,17 @@ CREATE TABLE hookgate_replay(
 );
 CREATE INDEX hookgate_replay_expires ON hookgate_replay(expires_at);
 ",
+    "
+-- v3: each route's circuit (SPEC §8), shared by every instance, so a down
+-- app gets one probe per backoff step, not one per instance.
+CREATE TABLE hookgate_route_state(
+    route          text PRIMARY KEY,
+    open           boolean NOT NULL,
+    step           integer NOT NULL,          -- index into spool.retry
+    next_probe_at  timestamptz NOT NULL,      -- the next probe may go then
+    probe_until    timestamptz                -- an instance holds the probe until then
+);
+",
 ];
 
 /// The schema version this build reads and writes.
@@ -109,13 +120,13 @@ pub fn check_url(url: &DatabaseUrl) -> Result<(), String> {
     Ok(())
 }
 
-fn storage(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("database: {e}"))
 }
 
 /// Runs `f` with the deadline: a database that hangs is an error, not a
 /// request that waits forever.
-async fn deadline<T>(
+pub(super) async fn deadline<T>(
     f: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     tokio::time::timeout(OP_TIMEOUT, f)
@@ -152,6 +163,7 @@ pub struct PgStore {
     used: Arc<AtomicI64>,
     schema_version: i32,
     pub commit_stats: Arc<CommitStats>,
+    circuits: super::postgres_circuit::PgCircuits,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -395,7 +407,7 @@ impl PgStore {
             rx,
         ));
         Ok(PgStore {
-            pool,
+            pool: pool.clone(),
             where_: masked,
             lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
             puts,
@@ -403,6 +415,10 @@ impl PgStore {
             used,
             schema_version: schema_version(),
             commit_stats,
+            circuits: super::postgres_circuit::PgCircuits {
+                pool: pool.clone(),
+                hold_ms: lease.as_millis() as f64,
+            },
         })
     }
 
@@ -843,6 +859,10 @@ impl Store for PgStore {
         Some(Arc::new(super::postgres_replay::PgReplay::new(
             self.pool.clone(),
         )))
+    }
+
+    fn shared_circuits(&self) -> Option<&dyn super::SharedCircuits> {
+        Some(&self.circuits)
     }
 
     fn health_check(&self) -> Option<StoreFuture<'_, ()>> {

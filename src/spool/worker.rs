@@ -60,6 +60,21 @@ enum Attempt {
 /// Runs redelivery until `stop` turns true, then lets deliveries in flight
 /// finish within `shutdown_timeout` (read from the config in force).
 pub async fn run(proxy: Arc<Proxy>, spool: Arc<Spool>, mut stop: watch::Receiver<bool>) {
+    let circuits = AbortOnDrop(tokio::spawn(super::circuit_sync::run(spool.clone())));
+    run_loop(proxy, spool, &mut stop).await;
+    drop(circuits);
+}
+
+/// Aborts the task when dropped (the worker returns on every path).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_loop(proxy: Arc<Proxy>, spool: Arc<Spool>, stop: &mut watch::Receiver<bool>) {
     let mut in_flight: HashMap<String, HashSet<String>> = HashMap::new();
     let mut tasks: JoinSet<(String, String)> = JoinSet::new();
     let mut last_expire: Option<Instant> = None;
@@ -114,6 +129,22 @@ pub async fn run(proxy: Arc<Proxy>, spool: Arc<Spool>, mut stop: watch::Receiver
             if slots == 0 {
                 continue;
             }
+            // Several instances share the circuit: the probe goes from
+            // whichever instance takes it first in the database.
+            let mut took_probe = false;
+            if let (true, Some(shared)) = (open, spool.store.shared_circuits()) {
+                match shared.take_probe(&route.name).await {
+                    Ok(Some(step)) => {
+                        circuit.set_step(step);
+                        took_probe = true;
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(route = %route.name, error = %e, "spool: cannot take the circuit probe");
+                        continue;
+                    }
+                }
+            }
             let queue = ahead.entry(route.name.clone()).or_default();
             if open {
                 // A probe is always the oldest record as of now.
@@ -133,9 +164,15 @@ pub async fn run(proxy: Arc<Proxy>, spool: Arc<Spool>, mut stop: watch::Receiver
                     Ok(due) => queue.extend(due.into_iter().filter(|r| !flying.contains(&r.id))),
                     Err(e) => {
                         tracing::warn!(route = %route.name, error = %e, "spool: cannot read due records");
+                        if took_probe {
+                            circuit.probe_released();
+                        }
                         continue;
                     }
                 }
+            }
+            if took_probe && queue.is_empty() {
+                circuit.probe_released();
             }
             let take = slots.min(queue.len());
             let fresh: Vec<Record> = queue.drain(..take).collect();
@@ -253,6 +290,10 @@ async fn deliver(
         let capped = retry_after.map(|d| d.min(cfg.largest_step()));
         if status.is_none_or(failed_status) {
             circuit.failed(&cfg.retry, probe, capped);
+        } else if probe {
+            // The app answered (a 4xx: this record's problem): the circuit
+            // stays as it is and the next probe may go from any instance.
+            circuit.probe_released();
         }
         let age = Duration::from_millis(u64::try_from(now_ms() - record.received_ms).unwrap_or(0));
         let step = usize::try_from(attempt)
