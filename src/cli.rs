@@ -638,11 +638,7 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
     if let Some(redelivery) = redelivery {
         // The worker bounds its own drain by shutdown_timeout; this bound
         // only guards against a worker that does not return.
-        let _ = tokio::time::timeout(
-            shutdown_timeout + std::time::Duration::from_secs(1),
-            redelivery,
-        )
-        .await;
+        let _ = tokio::time::timeout(shutdown_timeout + worker::SHUTDOWN_MARGIN, redelivery).await;
     }
     for task in background {
         task.abort();

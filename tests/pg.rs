@@ -680,3 +680,84 @@ async fn circuit_is_shared_one_probe_per_step_across_instances() {
         gw.stop().await;
     }
 }
+
+/// A graceful stop (SIGTERM) returns the instance's leases: instance A
+/// takes four records for an app that hangs and is stopped; after its
+/// `shutdown_timeout` (1 s) it gives the four back and exits 0, and
+/// instance B, started on the same database, delivers all six at once,
+/// not after the 30 s lease.
+#[tokio::test]
+async fn graceful_stop_returns_leases_to_other_instances() {
+    let Some(cluster) = pg::shared() else { return };
+    let url = with_password(&cluster.database());
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let up = Upstream::start(Behaviour::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(binary_config(
+        dir.path(),
+        up.addr,
+        "always",
+        "lease = \"30s\"\nredelivery_concurrency = 4",
+    ))
+    .unwrap()
+    .replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"1s\"");
+    let env = [("HOOKGATE_DATABASE_URL", url.as_str())];
+    let a = BinaryGateway::start_with_env(&config, &env);
+    let mut acked = HashSet::new();
+    for n in 0..6 {
+        let (status, id) = send(a.addr, "/webhooks/a", n).await;
+        assert_eq!(status, 202);
+        acked.insert(id.unwrap());
+    }
+    assert!(eventually(Duration::from_secs(5), || up.count() >= 4).await);
+    assert_eq!(
+        cluster
+            .psql(
+                &db,
+                "SELECT count(*) FROM hookgate_webhook WHERE locked_until > now()"
+            )
+            .trim(),
+        "4",
+        "A holds four leases"
+    );
+    let lines = a.lines.clone();
+    a.stop().await;
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("returned this instance's leases") && l.contains("\"records\":4")),
+        "{:#?}",
+        lines.lock().unwrap()
+    );
+    assert_eq!(
+        cluster
+            .psql(
+                &db,
+                "SELECT count(*) FROM hookgate_webhook WHERE locked_until > now()"
+            )
+            .trim(),
+        "0"
+    );
+
+    let seen_before_b = up.count();
+    up.set(Behaviour::Respond);
+    let started = Instant::now();
+    let b = BinaryGateway::start_with_env(&config, &env);
+    let delivered = || -> HashSet<String> {
+        up.received()
+            .into_iter()
+            .skip(seen_before_b)
+            .filter_map(|r| r.header("x-hookgate-delivery").map(str::to_string))
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || delivered() == acked).await,
+        "B delivered {} of {} within {:?} (lease 30 s)",
+        delivered().len(),
+        acked.len(),
+        started.elapsed()
+    );
+    b.stop().await;
+}

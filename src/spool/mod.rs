@@ -222,6 +222,13 @@ pub trait Store: Send + Sync + 'static {
     fn replay_store(&self) -> Option<Arc<dyn crate::replay::ReplayStore>> {
         None
     }
+    /// At a graceful stop, after the worker stopped: gives up the leases
+    /// (and a circuit probe) this instance still holds, so another
+    /// instance takes those records at once instead of after `lease`.
+    /// Returns how many records.
+    fn return_leases(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async { Ok(0) })
+    }
     /// The circuits, when several instances share them through this store
     /// (one probe per route and step across instances); `None`: each
     /// instance keeps its own (SQLite, one host).

@@ -82,8 +82,12 @@ CREATE TABLE hookgate_route_state(
     open           boolean NOT NULL,
     step           integer NOT NULL,          -- index into spool.retry
     next_probe_at  timestamptz NOT NULL,      -- the next probe may go then
-    probe_until    timestamptz                -- an instance holds the probe until then
+    probe_until    timestamptz,               -- an instance holds the probe until then
+    probe_owner    text                       -- which one (its instance id)
 );
+-- Which instance holds a record's lease, so a stopping instance returns
+-- its own leases (and only those) for another to take at once.
+ALTER TABLE hookgate_webhook ADD COLUMN lease_owner text;
 ",
 ];
 
@@ -156,6 +160,9 @@ pub struct PgStore {
     /// Masked, for messages.
     where_: String,
     lease_ms: i64,
+    /// This process among the instances (a UUIDv7 made at open): the owner
+    /// of its leases and probes.
+    instance: String,
     puts: mpsc::UnboundedSender<PutJob>,
     capacity: Arc<AtomicU64>,
     /// Stored bytes: the shared total as last read plus this instance's
@@ -391,6 +398,7 @@ impl PgStore {
         if force_sync {
             tracing::warn!(database = %masked, "synchronous_commit is off on the server; the spool turns it on for its own writes");
         }
+        let instance = super::new_id();
         let capacity = Arc::new(AtomicU64::new(capacity));
         let used = Arc::new(AtomicI64::new(used));
         let commit_stats = Arc::new(CommitStats::default());
@@ -410,6 +418,7 @@ impl PgStore {
             pool: pool.clone(),
             where_: masked,
             lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+            instance: instance.clone(),
             puts,
             capacity,
             used,
@@ -418,6 +427,7 @@ impl PgStore {
             circuits: super::postgres_circuit::PgCircuits {
                 pool: pool.clone(),
                 hold_ms: lease.as_millis() as f64,
+                instance,
             },
         })
     }
@@ -691,11 +701,12 @@ impl Store for PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let horizon = if ignore_schedule { i64::MAX } else { now_ms };
         let lease = self.lease_ms;
+        let owner = self.instance.clone();
         Box::pin(deadline(async move {
             // Taken records are leased in the same statement: another
             // instance skips them (SKIP LOCKED now, locked_until after).
             let sql = format!(
-                "UPDATE hookgate_webhook SET locked_until = clock_timestamp() + $4::float8 * interval '1 millisecond'
+                "UPDATE hookgate_webhook SET locked_until = clock_timestamp() + $4::float8 * interval '1 millisecond', lease_owner = $5
                  WHERE seq IN (
                      SELECT seq FROM hookgate_webhook
                      WHERE route = $1 AND state = 'pending' AND next_attempt_ms <= $2
@@ -705,7 +716,7 @@ impl Store for PgStore {
                  RETURNING {COLUMNS}"
             );
             let lease = lease as f64;
-            self.records(&sql, &[&route, &horizon, &limit, &lease])
+            self.records(&sql, &[&route, &horizon, &limit, &lease, &owner])
                 .await
         }))
     }
@@ -859,6 +870,31 @@ impl Store for PgStore {
         Some(Arc::new(super::postgres_replay::PgReplay::new(
             self.pool.clone(),
         )))
+    }
+
+    fn return_leases(&self) -> StoreFuture<'_, u64> {
+        Box::pin(deadline(async move {
+            let client = self.client().await?;
+            // Leases another instance took over after they passed are
+            // theirs now (lease_owner changed): untouched.
+            let records = client
+                .execute(
+                    "UPDATE hookgate_webhook SET locked_until = NULL
+                     WHERE lease_owner = $1 AND locked_until > clock_timestamp()",
+                    &[&self.instance],
+                )
+                .await
+                .map_err(storage)?;
+            client
+                .execute(
+                    "UPDATE hookgate_route_state SET probe_until = NULL
+                     WHERE probe_owner = $1 AND probe_until > clock_timestamp()",
+                    &[&self.instance],
+                )
+                .await
+                .map_err(storage)?;
+            Ok(records)
+        }))
     }
 
     fn shared_circuits(&self) -> Option<&dyn super::SharedCircuits> {

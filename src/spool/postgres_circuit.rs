@@ -25,6 +25,9 @@ pub struct PgCircuits {
     /// How long a probe is held: the spool's `lease` (longer than any
     /// route's upstream_timeout, checked at load).
     pub(super) hold_ms: f64,
+    /// This instance's id, stamped on the probe it holds (returned at a
+    /// graceful stop: [`super::Store::return_leases`]).
+    pub(super) instance: String,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -98,11 +101,11 @@ impl SharedCircuits for PgCircuits {
             let row = client
                 .query_opt(
                     "UPDATE hookgate_route_state
-                     SET probe_until = clock_timestamp() + $2::float8 * interval '1 millisecond'
+                     SET probe_until = clock_timestamp() + $2::float8 * interval '1 millisecond', probe_owner = $3
                      WHERE route = $1 AND open AND next_probe_at <= clock_timestamp()
                        AND (probe_until IS NULL OR probe_until <= clock_timestamp())
                      RETURNING step",
-                    &[&route, &self.hold_ms],
+                    &[&route, &self.hold_ms, &self.instance],
                 )
                 .await
                 .map_err(storage)?;

@@ -18,7 +18,8 @@
 //! the spool gauges current. Pending records are picked up at start, and a
 //! record an operator retried with the CLI within a second (the loop never
 //! sleeps longer). At shutdown nothing new starts; deliveries in flight get
-//! until `shutdown_timeout`, after which they are dropped and stay pending.
+//! until `shutdown_timeout`, after which they are dropped and stay pending;
+//! a leasing store then gets its leases back ([`super::Store::return_leases`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +49,11 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(10);
 /// does not cost a query; the read-ahead is dropped every [`TICK`], so an
 /// operator's `drop` is seen within a second.
 const READ_AHEAD: usize = 64;
+/// Bound on returning the leases at shutdown (the caller waits
+/// `shutdown_timeout` plus [`SHUTDOWN_MARGIN`] for the worker).
+const RETURN_LEASES_WITHIN: Duration = Duration::from_secs(2);
+/// How much longer than `shutdown_timeout` the worker may take to stop.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(3);
 /// How much of a response body is read so the connection can be reused.
 const MAX_DRAIN: usize = 1024 * 1024;
 
@@ -214,6 +220,24 @@ async fn run_loop(proxy: Arc<Proxy>, spool: Arc<Spool>, stop: &mut watch::Receiv
             "spool: redeliveries still in flight at shutdown_timeout; they stay pending"
         );
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    if spool.store.leases() {
+        // Another instance may take at once what this one leased and did
+        // not finish, rather than after `lease`.
+        match tokio::time::timeout(RETURN_LEASES_WITHIN, spool.store.return_leases()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                records = n,
+                "spool: returned this instance's leases; other instances take them now"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "spool: cannot return leases; other instances take them after spool.lease")
+            }
+            Err(_) => tracing::warn!(
+                "spool: returning leases timed out; other instances take them after spool.lease"
+            ),
+        }
     }
 }
 
