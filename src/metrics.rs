@@ -104,7 +104,8 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     reloads: Family<ResultLabel, Counter>,
     pub last_reload_success: Gauge<f64, AtomicU64>,
-    /// Entries in the in-memory replay store (SPEC §10).
+    /// Entries in the replay store (SPEC §10): memory, SQLite spool file,
+    /// or the shared PostgreSQL table as last counted.
     pub replay_entries: Gauge,
     /// Recorded deliveries evicted from it before their window ended.
     pub replay_evictions: Counter,
@@ -273,7 +274,7 @@ impl Metrics {
         let replay_entries = Gauge::default();
         registry.register(
             "hookgate_replay_entries",
-            "Deliveries held by the in-memory replay store (recorded and in flight)",
+            "Deliveries held by the replay store (recorded and in flight): in memory, in the SQLite spool file, or the shared PostgreSQL table's (every instance's)",
             replay_entries.clone(),
         );
         let replay_evictions = Counter::default();

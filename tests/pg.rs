@@ -269,7 +269,7 @@ async fn older_schema_is_migrated_and_keeps_its_records() {
 
 /// The replay defence shares the database: the same signed request sent
 /// to instance A and then to instance B is forwarded once; B answers it as
-/// a duplicate.
+/// a duplicate; both count the shared delivery in `hookgate_replay_entries`.
 #[tokio::test]
 async fn replay_store_is_shared_between_instances() {
     let Some(cluster) = pg::shared() else { return };
@@ -319,6 +319,19 @@ replay_window = "1h"
     let (third, _) = raw(a.addr, &req).await;
     assert_eq!(third.status, 200);
     assert_eq!(up.count(), 1, "forwarded once");
+    // Both instances show the shared table's one delivery in
+    // hookgate_replay_entries (counted every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for gw in [&a, &b] {
+        loop {
+            let entries = sample(&gw.metrics().await, "hookgate_replay_entries");
+            if entries == Some(1.0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replay entries {entries:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     a.stop().await;
     b.stop().await;
 }
@@ -702,7 +715,7 @@ async fn graceful_stop_returns_leases_to_other_instances() {
     .unwrap()
     .replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"1s\"");
     let env = [("HOOKGATE_DATABASE_URL", url.as_str())];
-    let a = BinaryGateway::start_with_env(&config, &env);
+    let a = BinaryGateway::start_with(&config, &env);
     let mut acked = HashSet::new();
     for n in 0..6 {
         let (status, id) = send(a.addr, "/webhooks/a", n).await;
@@ -744,7 +757,7 @@ async fn graceful_stop_returns_leases_to_other_instances() {
     let seen_before_b = up.count();
     up.set(Behaviour::Respond);
     let started = Instant::now();
-    let b = BinaryGateway::start_with_env(&config, &env);
+    let b = BinaryGateway::start_with(&config, &env);
     let delivered = || -> HashSet<String> {
         up.received()
             .into_iter()

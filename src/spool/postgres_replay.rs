@@ -15,11 +15,13 @@
 //!   Refusing would lose the webhook (the sender does not retry); a request
 //!   that must be spooled gets 503 from the spool write anyway.
 //!
-//! Expired rows are deleted once a minute.
+//! Expired rows are deleted once a minute; `hookgate_replay_entries` is the
+//! table's unexpired rows, counted every 10 s.
 
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::replay::{Lookup, ReplayKey, ReplayStore, Seen};
 
@@ -28,15 +30,27 @@ use crate::replay::{Lookup, ReplayKey, ReplayStore, Seen};
 pub const IN_FLIGHT_FOR: Duration = Duration::from_secs(120);
 /// Expired rows are removed this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// `hookgate_replay_entries` is counted this often (one `count(*)`).
+const COUNT_EVERY: Duration = Duration::from_secs(10);
 
 pub struct PgReplay {
     pool: Pool,
     sweeper: tokio::task::JoinHandle<()>,
+    /// Keeps `hookgate_replay_entries` ([`ReplayStore::track`]).
+    counter: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for PgReplay {
     fn drop(&mut self) {
         self.sweeper.abort();
+        if let Some(counter) = self
+            .counter
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            counter.abort();
+        }
     }
 }
 
@@ -61,7 +75,11 @@ impl PgReplay {
                 }
             }
         });
-        PgReplay { pool, sweeper }
+        PgReplay {
+            pool,
+            sweeper,
+            counter: std::sync::Mutex::new(None),
+        }
     }
 
     async fn lookup(&self, key: Vec<u8>) -> Result<Seen, String> {
@@ -124,6 +142,42 @@ impl PgReplay {
 }
 
 impl ReplayStore for PgReplay {
+    /// Every [`COUNT_EVERY`] (first at once) the table's unexpired rows,
+    /// every instance's: each instance reports the same number.
+    fn track(&self, entries: Gauge) {
+        let pool = self.pool.clone();
+        let counter = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COUNT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let counted = tokio::time::timeout(super::postgres::OP_TIMEOUT, async {
+                    let client = pool.get().await.map_err(|e| e.to_string())?;
+                    client
+                        .query_one(
+                            "SELECT count(*) FROM hookgate_replay WHERE expires_at > clock_timestamp()",
+                            &[],
+                        )
+                        .await
+                        .map(|row| row.get::<_, i64>(0))
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                match counted {
+                    Ok(Ok(n)) => {
+                        entries.set(n);
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "replay store: cannot count entries"),
+                    Err(_) => tracing::debug!("replay store: counting entries timed out"),
+                }
+            }
+        });
+        let mut slot = self.counter.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.replace(counter) {
+            old.abort();
+        }
+    }
+
     fn begin(&self, key: &ReplayKey) -> Lookup<'_> {
         let key = key.as_bytes().to_vec();
         Lookup::Pending(Box::pin(async move {
