@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::pg::{self, Cluster};
+use common::pg::{self, eventually, Cluster};
 use common::*;
 use hookgate::config::DatabaseUrl;
 use hookgate::spool::postgres::{PgStore, MIGRATIONS};
@@ -103,18 +103,6 @@ async fn hookgate(args: &[&str], url: &str) -> (bool, String, String) {
         &[("HOOKGATE_DATABASE_URL", url), ("SECRET_A", SECRET_A)],
     )
     .await
-}
-
-/// Polls `cond` every 20 ms for up to `within`.
-async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }
 
 /// Sends one signed webhook to route "a": (status, delivery id).

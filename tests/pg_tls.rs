@@ -204,21 +204,20 @@ async fn verify_full_spools_and_redelivers_over_tls() {
         assert_eq!(resp.status, 202);
         acked.push(resp.header("x-hookgate-delivery").unwrap().to_string());
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let delivered = || -> Vec<String> {
         up.received()
             .iter()
             .filter_map(|r| r.header("x-hookgate-delivery").map(str::to_string))
             .collect()
     };
-    while !acked.iter().all(|id| delivered().contains(id)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not redelivered: {:?}",
-            delivered()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        pg::eventually(Duration::from_secs(10), || acked
+            .iter()
+            .all(|id| delivered().contains(id)))
+        .await,
+        "not redelivered: {:?}",
+        delivered()
+    );
     // The server's view of the gateway's connections: all encrypted.
     let seen = cluster.psql(
         &db,
