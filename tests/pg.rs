@@ -650,7 +650,9 @@ async fn circuit_is_shared_one_probe_per_step_across_instances() {
         "two probes within one step: gaps {gaps:?}"
     );
     assert!(
-        (3..=6).contains(&probes.len()),
+        // At least two even on a loaded machine (a step is 1.2–1.8 s, plus
+        // up to a second before an instance notices it is due).
+        (2..=6).contains(&probes.len()),
         "{} probes in 6.6 s at one per 1.2–1.8 s step: {gaps:?}",
         probes.len()
     );
@@ -701,7 +703,9 @@ async fn graceful_stop_returns_leases_to_other_instances() {
         "lease = \"30s\"\nredelivery_concurrency = 4",
     ))
     .unwrap()
-    .replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"1s\"");
+    .replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"1s\"")
+    // The hanging deliveries must still be waiting when A stops.
+    .replace("upstream_timeout = \"2s\"", "upstream_timeout = \"10s\"");
     let env = [("HOOKGATE_DATABASE_URL", url.as_str())];
     let a = BinaryGateway::start_with(&config, &env);
     let mut acked = HashSet::new();

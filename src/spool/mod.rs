@@ -457,7 +457,9 @@ impl Circuit {
         match shared {
             Some(s) => {
                 p.step = s.step;
-                p.next = Some(Instant::now() + s.next_probe_in);
+                // A little after the database's time, so the worker's
+                // take_probe does not arrive just before it and wait a tick.
+                p.next = Some(Instant::now() + s.next_probe_in + Duration::from_millis(50));
                 self.open.store(true, Ordering::Release);
             }
             None => {
