@@ -7,7 +7,8 @@
 //! - Opening is an upsert that changes nothing when the row is open
 //!   already: the first instance's schedule stands.
 //! - The probe is taken with one conditional `UPDATE … RETURNING`: due
-//!   (`next_probe_at` passed) and not held (`probe_until` passed), it is
+//!   (`next_probe_at` passed), not held (`probe_until` passed) and with a
+//!   pending record not leased by anyone, it is
 //!   stamped held for `lease`; of instances asking at once, one gets a row
 //!   back. The holder writes the next step (failure) or closes the row
 //!   (success); a holder that dies loses the probe after `lease`.
@@ -104,6 +105,11 @@ impl SharedCircuits for PgCircuits {
                      SET probe_until = clock_timestamp() + $2::float8 * interval '1 millisecond', probe_owner = $3
                      WHERE route = $1 AND open AND next_probe_at <= clock_timestamp()
                        AND (probe_until IS NULL OR probe_until <= clock_timestamp())
+                       -- Something to probe with: no take-and-give-back every
+                       -- tick while the route has no record to send.
+                       AND EXISTS (SELECT 1 FROM hookgate_webhook w
+                                   WHERE w.route = $1 AND w.state = 'pending'
+                                     AND (w.locked_until IS NULL OR w.locked_until <= clock_timestamp()))
                      RETURNING step",
                     &[&route, &self.hold_ms, &self.instance],
                 )
