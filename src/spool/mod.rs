@@ -9,6 +9,9 @@
 //! - redelivery, [`worker`] (backoff, circuit probes, drain, dead letters)
 //!   and the spool gauges; it sees only the [`Store`] trait, so a second
 //!   backend (PostgreSQL, SPEC §11) plugs in without touching it;
+//! - the shared backend, [`postgres`] (SPEC §11), with [`postgres_tls`],
+//!   [`postgres_replay`] and [`postgres_circuit`] (each route's circuit in
+//!   the database, kept in line locally by [`circuit_sync`]);
 //! - the operator commands, [`cli`] (`hookgate spool stats|list|show|retry|drop`).
 //!
 //! The one rule: the request path answers 202 only after [`Store::put`]
