@@ -6,7 +6,7 @@
 //! again is closed here too.
 //!
 //! The request path never waits for the database for its circuit: it
-//! reads the local copy ([`Circuit::is_open`]); only the worker's probe is
+//! reads the local copy ([`super::Circuit::is_open`]); only the worker's probe is
 //! decided by the database ([`super::SharedCircuits::take_probe`]).
 
 use std::sync::Arc;

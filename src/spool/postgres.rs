@@ -231,7 +231,7 @@ async fn tls_in_use<C: deadpool_postgres::GenericClient + Sync>(
 pub struct Inspected {
     /// 0: empty, `hookgate run` creates the schema.
     pub schema_version: i32,
-    /// Whether the connection is encrypted ([`tls_in_use`]).
+    /// Whether the connection is encrypted, as the server sees it.
     pub tls: String,
 }
 
