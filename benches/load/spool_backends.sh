@@ -135,16 +135,36 @@ drive() { # label addr... ; prints acks/s (sum over addrs)
   echo "$total"
 }
 
+# Each run starts from an empty store: the worker drains more slowly than
+# wrk fills, so a run would otherwise inherit the previous run's backlog and
+# compete with its redelivery (which made the 2-instance row, run right after
+# the 1-instance one, look slower than one instance). The backlog a run
+# leaves is logged.
+PSQL=("$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U hookgate -d bench -qAtX)
+backlog() { # target
+  case $1 in
+    sqlite) python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from webhook").fetchone()[0])' "$TMP/spool.db" 2>/dev/null || echo "?" ;;
+    *) "${PSQL[@]}" -c 'select count(*) from hookgate_webhook' 2>/dev/null || echo "?" ;;
+  esac
+}
+reset_store() { # target
+  case $1 in
+    sqlite) rm -f "$TMP/spool.db" "$TMP/spool.db-wal" "$TMP/spool.db-shm" ;;
+    *) "${PSQL[@]}" -c "DO \$\$ BEGIN IF to_regclass('hookgate_webhook') IS NOT NULL THEN TRUNCATE hookgate_webhook; END IF; END \$\$" ;;
+  esac
+}
+
 declare -A RESULT
 for round in $(seq 1 "$ROUNDS"); do
   for target in sqlite pg pg2; do
+    reset_store "$target"
     case $target in
       sqlite) run_gw sqlite; p=$GW_PID; wait_port "${SQLITE_ADDR##*:}"; r=$(drive sqlite "$SQLITE_ADDR"); kill "$p"; wait "$p" || true ;;
       pg) run_gw pg; p=$GW_PID; wait_port "${PG_ADDR##*:}"; r=$(drive pg "$PG_ADDR"); kill "$p"; wait "$p" || true ;;
       pg2) run_gw pg; p=$GW_PID; run_gw pg2; q=$GW_PID; wait_port "${PG_ADDR##*:}"; wait_port "${PG2_ADDR##*:}"
            r=$(drive pg2 "$PG_ADDR" "$PG2_ADDR"); kill "$p" "$q"; wait "$p" || true; wait "$q" || true ;;
     esac
-    log "round $round $target: $r acks/s"
+    log "round $round $target: $r acks/s (backlog left: $(backlog "$target"))"
     RESULT[$target]="${RESULT[$target]:-} $r"
   done
 done
@@ -155,7 +175,7 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 {
   echo "# Spool backends: durable acknowledgements per second (always, 1 KiB)"
   echo
-  echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') local (fsync on, synchronous_commit on), wrk $CONNS connections, ${DURATION}s x $ROUNDS interleaved rounds (median), redelivery to an nginx upstream running meanwhile"
+  echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') local (fsync on, synchronous_commit on), wrk $CONNS connections, ${DURATION}s x $ROUNDS interleaved rounds (median), redelivery to an nginx upstream running meanwhile, each run from an empty store"
   echo
   echo "| store | acks/s | vs SQLite | rounds |"
   echo "| --- | ---: | ---: | --- |"
