@@ -12,6 +12,12 @@
 //!   signed bytes (HMAC with the `hmac` crate; ed25519 with aws-lc).
 //!
 //! `cargo bench --bench verify [-- --warm-up-time 1 --measurement-time 2]`
+//!
+//! `cargo bench --bench verify -- --hmac-rate` skips criterion and both
+//! tables and prints only, per body size, the time of one HMAC-SHA256 over
+//! the body (the raw contiguous MAC, median of rounds) as machine-readable
+//! `HMAC_US` lines: what `benches/load/run.sh` subtracts as the cost nginx
+//! does not pay (a few seconds; run it pinned to the proxy's core).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -328,7 +334,32 @@ fn time(iters: usize, mut f: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// `--hmac-rate`: microseconds per body for the raw HMAC and for hookgate's
+/// verify path (adsumo, 16 KiB frames), interleaved, median of 15 rounds.
+fn hmac_rate() {
+    for (size, name) in SIZES {
+        let case = case("adsumo", size);
+        let iters = (16 * 1024 * 1024 / size).max(64);
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..15 {
+            raw.push(time(iters, || raw_verify(black_box(&case))));
+            ours.push(time(iters, || hookgate_verify(black_box(&case))));
+        }
+        let us = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1e6 / iters as f64
+        };
+        let (r, o) = (us(raw), us(ours));
+        println!("HMAC_US {name} {size} {r:.3} {o:.3} {:.0}", size as f64 / r);
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--hmac-rate") {
+        println!("# HMAC_US label bytes raw_hmac_us hookgate_verify_us raw_MB_per_s");
+        hmac_rate();
+        return;
+    }
     let mut c = Criterion::default()
         .configure_from_args()
         .measurement_time(Duration::from_secs(2))

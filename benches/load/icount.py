@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-# Instructions per forwarded 1 KiB request (callgrind total Ir, difference
+# Instructions per forwarded request (callgrind total Ir, difference
 # between a run of N_HI and one of N_LO keep-alive requests, so start-up and
-# shutdown cancel out). Usage: benches/load/icount.py BINARY [MODE...]
-# (needs valgrind, nginx). Unlike wall-clock load runs, instruction counts
-# hold on a busy box. Every request carries a distinct body (a counter in
-# it, same 1 KiB), so with replay_window each one is looked up, forwarded
-# and recorded. Modes (default: plain), each measured in this run:
+# shutdown cancel out), also without SHA-256: valgrind's CPU has no SHA-NI,
+# so sha2 runs its portable code there and its instructions say nothing
+# about the real hash cost (the verify bench measures that).
+# Usage: benches/load/icount.py BINARY [MODE...] [BODY_BYTES...]
+# (needs valgrind with callgrind_annotate, nginx). Unlike wall-clock load
+# runs, instruction counts hold on a busy box. Every request carries a
+# distinct body (a counter in it, same size: 1024 bytes unless sizes are
+# given), so with replay_window each one is looked up, forwarded and
+# recorded. Modes (default: plain), each measured in this run:
 #   plain         the route as is
 #   replay        + replay_window = "1h" (the in-memory store)
 #   spool         + [spool] (SQLite file), delivery = "on_failure": the
@@ -14,21 +18,34 @@
 #                 (a primary-key read per request, a write in the group commit)
 # Callgrind counts every thread's user-space instructions (SQLite's
 # included), not the kernel's (fsync): see the wall-clock run.sh for that.
-import hashlib, hmac, http.client, os, signal, socket, subprocess, sys, tempfile, time
+import hashlib, hmac, http.client, os, re, signal, socket, subprocess, sys, tempfile, time
 
 binary = sys.argv[1]
-modes = sys.argv[2:] or ["plain"]
+sizes = [int(a) for a in sys.argv[2:] if a.isdigit()] or [1024]
+modes = [a for a in sys.argv[2:] if not a.isdigit()] or ["plain"]
 MODES = ("plain", "replay", "spool", "spool-replay")
 for m in modes:
     if m not in MODES:
         raise SystemExit(f"unknown mode {m!r}; one of {', '.join(MODES)}")
 SECRET = "bench-secret-0123456789abcdef"
 
-def signed(i):
-    """The i-th distinct 1 KiB body and its signature."""
+def signed(i, size):
+    """The i-th distinct body of `size` bytes and its signature."""
     head = b'{"event":"x","n":"%08d","pad":"' % i
-    body = head + b"a" * (1024 - len(head) - 2) + b'"}'
+    body = head + b"a" * (size - len(head) - 2) + b'"}'
     return body, hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+def sha_ir(out):
+    """Self instructions of SHA-256's compression functions in a callgrind file."""
+    text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", out],
+                          capture_output=True, text=True, check=True).stdout
+    total = 0
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+\S*(sha2::sha256|sha256_)\S*", line)
+        if m:
+            total += int(m.group(1).replace(",", ""))
+    return total
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -52,7 +69,7 @@ http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_
 nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
 wait_port(up)
 
-def run(n, mode):
+def run(n, mode, size):
     port, admin = free_port(), free_port()
     extra = ""
     if mode in ("replay", "spool-replay"):
@@ -71,15 +88,15 @@ path = "/hook"
 upstream = "http://127.0.0.1:{up}"
 secret = {{ env = "S" }}
 {extra}""")
-    out = f"{d}/cg.{mode}.{n}"
+    out = f"{d}/cg.{mode}.{size}.{n}"
     env = dict(os.environ, S=SECRET, HOOKGATE_LOG="info")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
                           "run", "--config", f"{d}/hg.toml"], env=env,
-                         stderr=open(f"{d}/hg.{mode}.{n}.log", "w"))
+                         stderr=open(f"{d}/hg.{mode}.{size}.{n}.log", "w"))
     wait_port(port)
     c = http.client.HTTPConnection("127.0.0.1", port)
     for i in range(n):
-        body, sig = signed(i)
+        body, sig = signed(i, size)
         c.request("POST", "/hook", body, {"X-Adsumo-Signature": sig, "Content-Type": "application/json"})
         r = c.getresponse(); r.read()
         # 200 from the upstream; a duplicate would be the gateway's own 200.
@@ -88,17 +105,24 @@ secret = {{ env = "S" }}
     p.send_signal(signal.SIGTERM); p.wait()
     for line in open(out):
         if line.startswith("summary:") or line.startswith("totals:"):
-            return int(line.split()[1])
+            return int(line.split()[1]), sha_ir(out)
 
-N_LO, N_HI = 300, 1800
 try:
-    per = {}
-    for mode in modes:
-        lo, hi = run(N_LO, mode), run(N_HI, mode)
-        per[mode] = (hi - lo) / (N_HI - N_LO)
-        print(f"{binary} {mode}: {per[mode]:.0f} instructions per request ({lo} / {hi} total)", flush=True)
-    for mode, base in (("replay", "plain"), ("spool-replay", "spool"), ("spool-replay", "plain")):
-        if mode in per and base in per:
-            print(f"{mode} / {base}: {per[mode] / per[base]:.3f}")
+    for size in sizes:
+        # Fewer requests for large bodies (valgrind runs ~50x slower).
+        n_hi = max(48, min(1800, 2 * 1024 * 1024 // size * 16))
+        n_lo = n_hi // 6
+        per = {}
+        for mode in modes:
+            (lo, lo_sha), (hi, hi_sha) = run(n_lo, mode, size), run(n_hi, mode, size)
+            per[mode] = (hi - lo) / (n_hi - n_lo)
+            sha = (hi_sha - lo_sha) / (n_hi - n_lo)
+            label = "" if sizes == [1024] else f" body {size} B"
+            print(f"{binary} {mode}{label}: {per[mode]:.0f} instructions per request, "
+                  f"{per[mode] - sha:.0f} without SHA-256 ({n_lo} / {n_hi} requests: {lo} / {hi} total)",
+                  flush=True)
+        for mode, base in (("replay", "plain"), ("spool-replay", "spool"), ("spool-replay", "plain")):
+            if mode in per and base in per:
+                print(f"{mode} / {base}{'' if sizes == [1024] else f' ({size} B)'}: {per[mode] / per[base]:.3f}")
 finally:
     nginx.terminate(); nginx.wait()

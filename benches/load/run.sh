@@ -22,7 +22,9 @@
 #   DURATION=8       seconds per measured run          ROUNDS=3   rounds (median reported)
 #   WARMUP=2         seconds of unmeasured warm-up per target and body (0: none)
 #   CONNS=64         wrk connections                   WRK_THREADS  default 1 when pinned, else nproc
-#   BODIES="1024:1KiB 262144:256KiB"                   size:label pairs
+#   BODIES="1024:1KiB 16384:16KiB 262144:256KiB 1048576:1MiB"   size:label pairs
+#                    per body the report prints hookgate's CPU/req − (nginx CPU/req +
+#                    HMAC time of that body), the HMAC timed in the same run (issue 14)
 #   PIN=auto         1: wrk+upstream on LOAD_CPU, proxy under test on PROXY_CPU (taskset);
 #                    0: no pinning; auto: pin when there are >= 2 CPUs
 #   LOAD_CPU=0 PROXY_CPU=1
@@ -60,7 +62,7 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
-BODIES=${BODIES:-"1024:1KiB 262144:256KiB"}
+BODIES=${BODIES:-"1024:1KiB 16384:16KiB 262144:256KiB 1048576:1MiB"}
 PIN=${PIN:-auto}
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
@@ -75,7 +77,7 @@ DRAIN_N=${DRAIN_N:-100000}
 LUA=$HERE/post.lua
 if [[ $SPOOL == 1 ]]; then
   TLS=0
-  [[ $BODIES == "1024:1KiB 262144:256KiB" ]] && BODIES="1024:1KiB"
+  [[ $BODIES == "1024:1KiB 16384:16KiB 262144:256KiB 1048576:1MiB" ]] && BODIES="1024:1KiB"
   RESULTS=${RESULTS:-$HERE/results-spool.md}
 fi
 if [[ $REPLAY == 1 ]]; then
@@ -194,6 +196,41 @@ else
   WRK_THREADS=${WRK_THREADS:-$NPROC}
   WORKERS=auto
   PIN_NOTE="not pinned: wrk, upstream and proxy share all $NPROC CPUs"
+fi
+
+# ----------------------------------------------------------------- HMAC rate
+# HMAC-SHA256 over the body is the one cost nginx does not pay, so the report
+# prints per row hookgate's CPU per request minus (nginx's + the HMAC of that
+# body). The HMAC time is measured here, in this run, on the proxy's core:
+# the verify bench's `--hmac-rate` mode (raw `Hmac<Sha256>` over the body as
+# one slice, median of 15 rounds, a few seconds). Without cargo (HOOKGATE_BIN
+# on a machine without Rust) Python's hmac (OpenSSL) is timed instead.
+HMAC_FILE=$TMP/hmac.txt
+if [[ $REPLAY != 1 && $SPOOL != 1 ]]; then
+  if command -v cargo >/dev/null 2>&1; then
+    log "timing HMAC-SHA256 per body (cargo bench --bench verify -- --hmac-rate)"
+    (cd "$REPO" && cargo bench --quiet --bench verify --no-run) >"$TMP/hmac.log" 2>&1 \
+      || die "building the verify bench failed; see $TMP/hmac.log"
+    (cd "$REPO" && ${PROXY_PIN:+taskset -c "$PROXY_PIN"} cargo bench --quiet --bench verify -- --hmac-rate) \
+      >"$HMAC_FILE" 2>>"$TMP/hmac.log" || die "cargo bench --bench verify -- --hmac-rate failed; see $TMP/hmac.log"
+    HMAC_NOTE="HMAC time per body: \`cargo bench --bench verify -- --hmac-rate\` in this run$([[ -n $PROXY_PIN ]] && echo " on CPU $PROXY_PIN") (sha2's Hmac<Sha256> over the body as one slice, median of 15 rounds)"
+  else
+    log "timing HMAC-SHA256 per body (no cargo: Python's hmac, i.e. OpenSSL)"
+    ${PROXY_PIN:+taskset -c "$PROXY_PIN"} python3 -c '
+import hashlib, hmac, time
+for label, size in (("1KiB", 1024), ("16KiB", 16384), ("256KiB", 262144), ("1MiB", 1048576)):
+    body, key, n = b"a" * size, b"k" * 32, max(64, 16 * 1024 * 1024 // size)
+    best = []
+    for _ in range(15):
+        t = time.perf_counter()
+        for _ in range(n):
+            hmac.new(key, body, hashlib.sha256).digest()
+        best.append((time.perf_counter() - t) / n * 1e6)
+    us = sorted(best)[7]
+    print(f"HMAC_US {label} {size} {us:.3f} - {size / us:.0f}")' >"$HMAC_FILE"
+    HMAC_NOTE="HMAC time per body: Python's hmac (OpenSSL) in this run (no cargo to run the verify bench)"
+  fi
+  log "HMAC-SHA256: $(awk '/^HMAC_US/ {printf "%s %s µs (%s MB/s)  ", $2, $4, $6}' "$HMAC_FILE")"
 fi
 
 # ----------------------------------------------------------------- processes
@@ -356,9 +393,10 @@ start_hookgate() {  # start_hookgate NAME CONFIG PORT -> HG_PID
 }
 
 # ----------------------------------------------------------------- bodies
-declare -a BODY_LABELS=() BODY_FILES=() BODY_SIGS=() BODY_POOLS=()
+declare -a BODY_LABELS=() BODY_FILES=() BODY_SIGS=() BODY_POOLS=() BODY_SIZE_ARGS=()
 for spec in $BODIES; do
   size=${spec%%:*} label=${spec#*:}
+  BODY_SIZE_ARGS+=(--body-size "$label=$size")
   f=$TMP/body-$label.json
   py body "$size" "$f"
   BODY_LABELS+=("$label") BODY_FILES+=("$f")
@@ -673,7 +711,9 @@ py report --results "$RAW" --out "$RESULTS" --rounds "$ROUNDS" \
   --meta "$PIN_NOTE" \
   --meta "$ACCESS_NOTE" \
   --meta "$TLS_NOTE" \
+  ${HMAC_NOTE:+--meta "$HMAC_NOTE"} \
   "${SPOOL_NOTES[@]}" \
+  "${BODY_SIZE_ARGS[@]}" --hmac-file "$HMAC_FILE" \
   --max-other "$MAX_OTHER" \
   --command "$([[ $REPLAY == 1 ]] && echo "REPLAY=1 REPLAY_SPOOL=$REPLAY_SPOOL POOL_SIZE=$POOL_SIZE REPLAY_WINDOW=$REPLAY_WINDOW ")$([[ $SPOOL == 1 ]] && echo "SPOOL=1 DRAIN_N=$DRAIN_N ")BODIES=\"$BODIES\" DURATION=$DURATION ROUNDS=$ROUNDS benches/load/run.sh" || rc=$?
 if [[ -s $TMP/hookgate.warnings ]]; then
