@@ -166,10 +166,12 @@ secret = {{ env = "S" }}
                                 f"{HERE}/post.lua", f"http://127.0.0.1:{port}/hook"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(0.5)
-        # Untraced window: CPU and faults.
+        # Untraced window: CPU, faults and peak RSS (VmHWM reset first).
+        open(f"/proc/{pid}/clear_refs", "w").write("5")
         s0 = stat(pid); t0 = time.monotonic()
         time.sleep(a.window)
         s1 = stat(pid); t1 = time.monotonic()
+        hwm = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:"))
         # Traced window: every system call with its result.
         out = f"{d}/trace-{name}-{size}"
         tr = subprocess.Popen(["perf", "trace", "-p", str(pid), "-o", out])
@@ -211,6 +213,7 @@ secret = {{ env = "S" }}
             "user_us": (s1[1] - s0[1]) / TICK / n_untraced * 1e6,
             "sys_us": (s1[2] - s0[2]) / TICK / n_untraced * 1e6,
             "minflt": (s1[0] - s0[0]) / n_untraced,
+            "hwm_mib": hwm / 1024,
             "n_traced": n_traced,
             "calls": calls, "sizes": sizes,
         }
@@ -239,10 +242,10 @@ def main():
             names = names[rnd % len(names):] + names[:rnd % len(names)]
             for name in names:
                 m = r.measure(name, size)
-                cpu[(size, name)].append((m["user_us"], m["sys_us"]))
+                cpu[(size, name)].append((m["user_us"], m["sys_us"], m["hwm_mib"]))
                 n = m["n_traced"]
                 print(f"## {name} body {size} B: {m['rps']:,.0f} req/s; per request: user {m['user_us']:.1f} µs, "
-                      f"sys {m['sys_us']:.1f} µs, minor faults {m['minflt']:.2f}")
+                      f"sys {m['sys_us']:.1f} µs, minor faults {m['minflt']:.2f}; peak RSS {m['hwm_mib']:.1f} MiB")
                 print("  syscalls/req: " + ", ".join(f"{k} {v / n:.2f}" for k, v in m["calls"].most_common(12)))
                 for k, v in sorted(m["sizes"].items()):
                     if not v:
@@ -252,13 +255,14 @@ def main():
                           f"max {v[-1]} mean {sum(v) / len(v):,.0f}; zero-byte {sum(1 for x in v if x == 0) / n:.2f}/req")
                 sys.stdout.flush()
         if a.rounds > 1:
-            print(f"\n| body B | target | user µs/req (median of {a.rounds}) | sys µs/req | user+sys µs/req | rounds (user+sys) |")
-            print("|---|---|---:|---:|---:|---|")
+            print(f"\n| body B | target | user µs/req (median of {a.rounds}) | sys µs/req | user+sys µs/req "
+                  "| rounds (user+sys) | peak RSS MiB (max) |")
+            print("|---|---|---:|---:|---:|---|---:|")
             for (size, name), v in cpu.items():
                 med = lambda xs: sorted(xs)[len(xs) // 2]
-                tot = [u + k for u, k in v]
-                print(f"| {size} | {name} | {med([u for u, _ in v]):.1f} | {med([k for _, k in v]):.1f} "
-                      f"| {med(tot):.1f} | {', '.join(f'{t:.0f}' for t in tot)} |")
+                tot = [u + k for u, k, _ in v]
+                print(f"| {size} | {name} | {med([u for u, _, _ in v]):.1f} | {med([k for _, k, _ in v]):.1f} "
+                      f"| {med(tot):.1f} | {', '.join(f'{t:.0f}' for t in tot)} | {max(h for _, _, h in v):.1f} |")
     finally:
         r.close()
 
