@@ -5,7 +5,8 @@
 //!
 //! The request path (SPEC §1) runs through these modules in order:
 //!
-//! - [`server`]: accepts connections, caps them, terminates TLS ([`tls`]),
+//! - [`server`]: accepts connections, caps them, terminates TLS ([`tls`],
+//!   over [`read_ahead`]: one socket read for rustls' many small ones),
 //!   serves HTTP/1.1 and HTTP/2 with hyper (told apart by [`sniff`]), cuts
 //!   clients that stop reading ([`send_timeout`]), closes idle or stalled
 //!   HTTP/2 connections ([`streams`]), drains on shutdown;
@@ -42,6 +43,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod read_ahead;
 pub mod replay;
 pub mod route;
 pub mod scheme;

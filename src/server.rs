@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::read_ahead::ReadAhead;
 use crate::send_timeout::SendTimeout;
 use crate::streams::{self, Counted, OpenStream, Streams};
 
@@ -131,6 +132,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             match tls {
                 None => task.serve(stream, ConnInfo::new(peer, "http")).await,
                 Some(acceptor) => {
+                    // rustls reads 4 KiB at a time; ReadAhead gives it those
+                    // from one socket read of up to 64 KiB.
+                    let stream = ReadAhead::new(stream);
                     match crate::tls::accept(&acceptor, stream, handshake_timeout).await {
                         Ok(stream) => task.serve(stream, ConnInfo::new(peer, "https")).await,
                         Err(e) => {
