@@ -119,12 +119,22 @@ class Run:
         self.start(["nginx", "-c", conf, "-p", f"{d}/up"], 0, f"{d}/up.log")
         wait_port(self.up)
         self.targets = {}
+        tls_block, scheme, ng_ssl = "", "http", ""
+        if a.tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", f"{d}/key.pem",
+                            "-out", f"{d}/cert.pem"], check=True, capture_output=True)
+            tls_block = f'[server.tls]\ncert = "{d}/cert.pem"\nkey = "{d}/key.pem"\n'
+            scheme = "https"
+            ng_ssl = f" ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem"
+        self.scheme = scheme
         for i, binary in enumerate(a.binary):
             name = "hookgate" if len(a.binary) == 1 else f"hookgate[{i}]"
             hg, admin = free_port(), free_port()
             open(f"{d}/hg{i}.toml", "w").write(f"""
 [server]
 listen = "127.0.0.1:{hg}"
+{tls_block}
 [admin]
 listen = "127.0.0.1:{admin}"
 [[route]]
@@ -141,7 +151,7 @@ secret = {{ env = "S" }}
             ng, status = free_port(), free_port()
             conf = nginx_conf(f"{d}/ng", f"""
   upstream app {{ server 127.0.0.1:{self.up}; keepalive 64; keepalive_requests 1000000; }}
-  server {{ listen 127.0.0.1:{ng}; client_max_body_size 1m; client_body_buffer_size 1m;
+  server {{ listen 127.0.0.1:{ng}{ng_ssl}; client_max_body_size 1m; client_body_buffer_size 1m;
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $remote_addr;
       proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }} }}
@@ -163,7 +173,7 @@ secret = {{ env = "S" }}
         # wrk must outlast every window.
         dur = max(a.duration, int(1.5 + a.window * (3 if a.record else 2)) + 1)
         wrk = subprocess.Popen(["taskset", "-c", "0", "wrk", "-t1", "-c64", f"-d{dur}s", "-s",
-                                f"{HERE}/post.lua", f"http://127.0.0.1:{port}/hook"],
+                                f"{HERE}/post.lua", f"{self.scheme}://127.0.0.1:{port}/hook"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(0.5)
         # Untraced window: CPU, faults and peak RSS (VmHWM reset first).
@@ -228,6 +238,7 @@ def main():
     p.add_argument("--rounds", type=int, default=1, help="repeat, rotating the target order; median CPU table")
     p.add_argument("--nginx", action="store_true", help="profile nginx proxy_pass too")
     p.add_argument("--record", metavar="DIR", help="also `perf record -g` each target and body into DIR")
+    p.add_argument("--tls", action="store_true", help="the proxies terminate TLS (self-signed P-256)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, traces)")
     p.add_argument("--log", default="info", help="HOOKGATE_LOG (info: access log on)")
     a = p.parse_args()
