@@ -62,7 +62,8 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
-BODIES=${BODIES:-"1024:1KiB 16384:16KiB 262144:256KiB 1048576:1MiB"}
+DEFAULT_BODIES="1024:1KiB 16384:16KiB 262144:256KiB 1048576:1MiB"
+BODIES=${BODIES:-$DEFAULT_BODIES}
 PIN=${PIN:-auto}
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
@@ -77,12 +78,15 @@ DRAIN_N=${DRAIN_N:-100000}
 LUA=$HERE/post.lua
 if [[ $SPOOL == 1 ]]; then
   TLS=0
-  [[ $BODIES == "1024:1KiB 16384:16KiB 262144:256KiB 1048576:1MiB" ]] && BODIES="1024:1KiB"
+  [[ $BODIES == "$DEFAULT_BODIES" ]] && BODIES="1024:1KiB"
   RESULTS=${RESULTS:-$HERE/results-spool.md}
 fi
 if [[ $REPLAY == 1 ]]; then
   TLS=0
   LUA=$HERE/pool.lua
+  # A pool of POOL_SIZE distinct bodies per size: no 16 KiB and 1 MiB rows
+  # unless asked for (4096 × 1 MiB would be a 4 GiB pool file).
+  [[ $BODIES == "$DEFAULT_BODIES" ]] && BODIES="1024:1KiB 262144:256KiB"
   RESULTS=${RESULTS:-$HERE/results-replay.md}
 fi
 RESULTS=${RESULTS:-$HERE/results.md}
