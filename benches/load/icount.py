@@ -4,7 +4,11 @@
 # shutdown cancel out), also without SHA-256: valgrind's CPU has no SHA-NI,
 # so sha2 runs its portable code there and its instructions say nothing
 # about the real hash cost (the verify bench measures that).
-# Usage: benches/load/icount.py BINARY [MODE...] [BODY_BYTES...]
+# Usage: benches/load/icount.py BINARY [--keep DIR] [MODE...] [BODY_BYTES...]
+# --keep DIR copies each mode's callgrind output of the longer run to
+# DIR/callgrind.MODE[.BYTES] for callgrind_annotate --inclusive=yes (function
+# names come from the symbol table; build with
+# CARGO_PROFILE_RELEASE_DEBUG=true for file:line too).
 # (needs valgrind with callgrind_annotate, nginx). Unlike wall-clock load
 # runs, instruction counts hold on a busy box. Every request carries a
 # distinct body (a counter in it, same size: 1024 bytes unless sizes are
@@ -18,11 +22,22 @@
 #                 (a primary-key read per request, a write in the group commit)
 # Callgrind counts every thread's user-space instructions (SQLite's
 # included), not the kernel's (fsync): see the wall-clock run.sh for that.
-import hashlib, hmac, http.client, os, re, signal, socket, subprocess, sys, tempfile, time
+import hashlib, hmac, http.client, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 
-binary = sys.argv[1]
-sizes = [int(a) for a in sys.argv[2:] if a.isdigit()] or [1024]
-modes = [a for a in sys.argv[2:] if not a.isdigit()] or ["plain"]
+args = sys.argv[1:]
+keep = None
+if "--keep" in args:
+    i = args.index("--keep")
+    if i + 1 >= len(args):
+        raise SystemExit("--keep needs a directory")
+    keep = args[i + 1]
+    del args[i:i + 2]
+    os.makedirs(keep, exist_ok=True)
+if not args:
+    raise SystemExit("usage: icount.py BINARY [--keep DIR] [MODE...] [BODY_BYTES...]")
+binary = args[0]
+sizes = [int(a) for a in args[1:] if a.isdigit()] or [1024]
+modes = [a for a in args[1:] if not a.isdigit()] or ["plain"]
 MODES = ("plain", "replay", "spool", "spool-replay")
 for m in modes:
     if m not in MODES:
@@ -117,6 +132,9 @@ try:
             (lo, lo_sha), (hi, hi_sha) = run(n_lo, mode, size), run(n_hi, mode, size)
             per[mode] = (hi - lo) / (n_hi - n_lo)
             sha = (hi_sha - lo_sha) / (n_hi - n_lo)
+            if keep:
+                suffix = "" if sizes == [1024] else f".{size}"
+                shutil.copy(f"{d}/cg.{mode}.{size}.{n_hi}", f"{keep}/callgrind.{mode}{suffix}")
             label = "" if sizes == [1024] else f" body {size} B"
             print(f"{binary} {mode}{label}: {per[mode]:.0f} instructions per request, "
                   f"{per[mode] - sha:.0f} without SHA-256 ({n_lo} / {n_hi} requests: {lo} / {hi} total)",

@@ -68,7 +68,7 @@ struct Inner {
     /// Keys being forwarded, and keys whose record has not landed yet.
     marks: Mutex<HashMap<ReplayKey, Mark>>,
     /// Records committed and not yet handed to the writer.
-    pending: Mutex<Vec<(ReplayKey, i64)>>,
+    pending: Mutex<Vec<Record>>,
     /// Wakes the flusher when `pending` stops being empty.
     flush: tokio::sync::Notify,
     /// `hookgate_replay_entries`: rows in the table (counted at start and
@@ -141,8 +141,12 @@ fn storage(e: rusqlite::Error) -> StoreError {
     StoreError::Storage(e.to_string())
 }
 
+/// A committed key, its expiry, and whether its lookup found a row (an
+/// expired one, renewed in place: not a new entry for the gauge).
+type Record = (ReplayKey, i64, bool);
+
 /// A written batch: each record, its expiry and whether its row is new.
-type Written = Result<Vec<(ReplayKey, i64, bool)>, (Vec<(ReplayKey, i64)>, StoreError)>;
+type Written = Result<Vec<(ReplayKey, i64, bool)>, (Vec<Record>, StoreError)>;
 
 impl Inner {
     fn marks(&self) -> MutexGuard<'_, HashMap<ReplayKey, Mark>> {
@@ -174,9 +178,9 @@ impl Inner {
     }
 
     /// Queues a record for the next batch.
-    fn record(&self, key: ReplayKey, expires: i64) {
+    fn record(&self, key: ReplayKey, expires: i64, row: bool) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.push((key, expires));
+        pending.push((key, expires, row));
         if pending.len() == 1 {
             self.flush.notify_one();
         }
@@ -192,21 +196,21 @@ impl Inner {
         let keys = batch.clone();
         let write = self.jobs.with_conn(move |w| {
             let conn = w.conn();
-            let mut update = conn
-                .prepare_cached("UPDATE hookgate_replay SET expires_ms = ?2 WHERE key = ?1")
-                .map_err(storage)?;
-            let mut insert = conn
-                .prepare_cached("INSERT INTO hookgate_replay(key, expires_ms) VALUES (?1, ?2)")
+            // One statement per row: an expired row not yet swept is
+            // renewed in place (measured: half the writer's cost of an
+            // UPDATE that misses and then an INSERT; README).
+            let mut upsert = conn
+                .prepare_cached(
+                    "INSERT INTO hookgate_replay(key, expires_ms) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET expires_ms = excluded.expires_ms",
+                )
                 .map_err(storage)?;
             let mut written = Vec::with_capacity(batch.len());
-            for (key, expires) in batch {
-                let bytes = &key.as_bytes()[..];
-                // An expired row not yet swept is renewed in place.
-                let renewed = update.execute(params![bytes, expires]).map_err(storage)?;
-                if renewed == 0 {
-                    insert.execute(params![bytes, expires]).map_err(storage)?;
-                }
-                written.push((key, expires, renewed == 0));
+            for (key, expires, existed) in batch {
+                upsert
+                    .execute(params![&key.as_bytes()[..], expires])
+                    .map_err(storage)?;
+                written.push((key, expires, !existed));
             }
             Ok(written)
         });
@@ -226,21 +230,21 @@ impl Inner {
             }
             Err((keys, e)) => {
                 tracing::warn!(error = %e, records = keys.len(), "replay store: recording deliveries failed; a copy of one of them would be forwarded again");
-                for (key, expires) in keys {
+                for (key, expires, _) in keys {
                     self.recorded_landed(&key, expires);
                 }
             }
         }
     }
 
-    /// Whether `key` is recorded and its window has not passed at `now`.
-    fn recorded(&self, key: &ReplayKey, now: i64) -> Result<bool, rusqlite::Error> {
+    /// The expiry of `key`'s row, if it has one.
+    fn recorded(&self, key: &ReplayKey) -> Result<Option<i64>, rusqlite::Error> {
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        let expires: Option<i64> = conn
+        let expires = conn
             .prepare_cached("SELECT expires_ms FROM hookgate_replay WHERE key = ?1")?
             .query_row(params![&key.as_bytes()[..]], |r| r.get(0))
             .optional()?;
-        Ok(expires.is_some_and(|e| e > now))
+        Ok(expires)
     }
 
     /// Deletes expired rows and recounts the table for the gauge.
@@ -280,8 +284,9 @@ impl Inner {
 /// What this process knows of a key before the table does.
 #[derive(Clone, Copy)]
 enum Mark {
-    /// Being forwarded (a copy now is answered 409).
-    InFlight,
+    /// Being forwarded (a copy now is answered 409); whether the key has
+    /// a row (an expired one).
+    InFlight { row: bool },
     /// Committed, its row not yet written: recorded until this Unix ms.
     Recording(i64),
 }
@@ -291,7 +296,7 @@ impl ReplayStore for SqliteReplay {
         {
             let mut marks = self.inner.marks();
             match marks.get(key) {
-                Some(Mark::InFlight) => return Lookup::Ready(Seen::InFlight),
+                Some(Mark::InFlight { .. }) => return Lookup::Ready(Seen::InFlight),
                 Some(Mark::Recording(expires)) if *expires > now_ms() => {
                     return Lookup::Ready(Seen::Duplicate)
                 }
@@ -301,13 +306,20 @@ impl ReplayStore for SqliteReplay {
             }
             // Marked before the read: a concurrent copy now sees it in
             // flight, so of identical requests only this one reads on.
-            if marks.insert(*key, Mark::InFlight).is_none() {
+            if marks.insert(*key, Mark::InFlight { row: false }).is_none() {
                 self.inner.gauge_add(1);
             }
         }
-        let seen = match self.inner.recorded(key, now_ms()) {
-            Ok(true) => Seen::Duplicate,
-            Ok(false) => Seen::Fresh,
+        let seen = match self.inner.recorded(key) {
+            Ok(Some(expires)) if expires > now_ms() => Seen::Duplicate,
+            Ok(Some(_)) => {
+                // Expired, not yet swept: the commit renews it.
+                if let Some(mark) = self.inner.marks().get_mut(key) {
+                    *mark = Mark::InFlight { row: true };
+                }
+                Seen::Fresh
+            }
+            Ok(None) => Seen::Fresh,
             Err(e) => {
                 tracing::warn!(error = %e, "replay store: cannot read the spool file; forwarding without the replay check");
                 Seen::Fresh
@@ -322,18 +334,22 @@ impl ReplayStore for SqliteReplay {
     fn commit(&self, key: &ReplayKey, window: Duration) {
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
         let expires = now_ms().saturating_add(window_ms.max(1));
-        match self.inner.marks().get_mut(key) {
-            Some(mark) => *mark = Mark::Recording(expires),
+        let row = match self.inner.marks().get_mut(key) {
+            Some(mark) => {
+                let row = matches!(mark, Mark::InFlight { row: true });
+                *mark = Mark::Recording(expires);
+                row
+            }
             // Only the claim's owner commits, and its mark stays until
             // then; nothing to record otherwise.
             None => return,
-        }
-        self.inner.record(*key, expires);
+        };
+        self.inner.record(*key, expires, row);
     }
 
     fn forget(&self, key: &ReplayKey) {
         let mut marks = self.inner.marks();
-        if matches!(marks.get(key), Some(Mark::InFlight)) {
+        if matches!(marks.get(key), Some(Mark::InFlight { .. })) {
             marks.remove(key);
             drop(marks);
             self.inner.gauge_add(-1);
