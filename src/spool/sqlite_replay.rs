@@ -638,7 +638,15 @@ mod tests {
     }
 
     fn filter(store: &SqliteStore) -> Arc<Mutex<State>> {
-        store.replay.get().cloned().flatten().unwrap().inner.state.clone()
+        store
+            .replay
+            .get()
+            .cloned()
+            .flatten()
+            .unwrap()
+            .inner
+            .state
+            .clone()
     }
 
     /// The row filter: a recorded key's prefix enters when its row lands
@@ -670,7 +678,10 @@ mod tests {
         );
         let (window, short) = (Duration::from_millis(20), k(2));
         let p2 = prefix(short.as_bytes());
-        claim(replay.as_ref(), short, window).await.unwrap().commit();
+        claim(replay.as_ref(), short, window)
+            .await
+            .unwrap()
+            .commit();
         settle(&store).await;
         // A second row with k(2)'s prefix and another tail, long-lived.
         let (_, hi) = prefix_range(p2);
@@ -694,12 +705,18 @@ mod tests {
         store
             .with_conn(move |w| {
                 w.conn()
-                    .execute("DELETE FROM hookgate_replay WHERE key = ?1", params![&hi[..]])
+                    .execute(
+                        "DELETE FROM hookgate_replay WHERE key = ?1",
+                        params![&hi[..]],
+                    )
                     .map_err(storage)
             })
             .await
             .unwrap();
-        claim(replay.as_ref(), short, window).await.unwrap().commit();
+        claim(replay.as_ref(), short, window)
+            .await
+            .unwrap()
+            .commit();
         settle(&store).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
         sqlite.inner.sweep().await;
