@@ -755,4 +755,30 @@ mod tests {
             .collect();
         assert_eq!(hashes.len(), 1024);
     }
+    /// A batch of 45 records writes every row, each a duplicate afterwards,
+    /// also after a reopen.
+    #[tokio::test]
+    async fn a_large_batch_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path, 1 << 20, true).unwrap();
+        let replay = store.replay_store().unwrap();
+        for n in 0..45 {
+            claim(replay.as_ref(), k(n), HOUR).await.unwrap().commit();
+        }
+        settle(&store).await;
+        assert_eq!(rows(&store).await, 45);
+        drop(replay);
+        store.close();
+        drop(store);
+        let store = SqliteStore::open(&path, 1 << 20, false).unwrap();
+        let replay = store.replay_store().unwrap();
+        for n in 0..45 {
+            assert_eq!(
+                claim(replay.as_ref(), k(n), HOUR).await.err(),
+                Some(Repeat::Duplicate)
+            );
+        }
+        store.close();
+    }
 }
