@@ -5,13 +5,15 @@
 //! - In-flight marks live in memory: one process owns the file, so a
 //!   repeat while the first copy is being forwarded is answered 409 without
 //!   touching the disk, and a crash leaves no stale mark behind.
-//! - [`ReplayStore::begin`] marks the key, then reads `hookgate_replay` on
-//!   its own connection, inline: a primary-key read of a 16-byte key from a
-//!   WAL file (readers never wait for the writer) takes microseconds, less
+//! - [`ReplayStore::begin`] marks the key, then, only when the in-memory
+//!   filter of the rows' key prefixes has its prefix (a delivery seen for
+//!   the first time usually does not), reads `hookgate_replay` on its own
+//!   connection, inline: a primary-key read of a 16-byte key from a WAL
+//!   file (readers never wait for the writer) takes microseconds, less
 //!   than handing it to the blocking pool did (measured: README).
 //! - `commit` does not write at once: records are gathered for
 //!   [`FLUSH_AFTER`] and written in one job of the spool's writer thread
-//!   (one statement per row, one transaction and one fsync for the lot),
+//!   (one upsert per row, one transaction and one fsync for the lot),
 //!   so a busy route costs a few transactions a second instead of one per
 //!   delivery. The 2xx does not wait for that: the trait's commit is
 //!   synchronous. Until the write landed the key stays in memory as
@@ -345,7 +347,7 @@ struct State {
     /// absent has no row, so its lookup needs no read: the common case, a
     /// delivery seen for the first time (measured: README). Loaded at open
     /// (this process is the table's only writer), grown as records land,
-    /// shrunk by the sweep. About 10–18 bytes per row (8 plus hashbrown's
+    /// shrunk by the sweep. About 10–21 bytes per row (8 plus hashbrown's
     /// control byte, at 7/8 to 7/16 load).
     rows: HashSet<u64, DigestBuild>,
     /// False while the filter may lack a row's prefix (a sweep's rollback
