@@ -62,6 +62,8 @@ PG_PORT=$(free_port)
 "${AS_PG[@]}" "$PGBIN/postgres" -D "$TMP/pg" -p "$PG_PORT" -k "$TMP" -c listen_addresses=127.0.0.1 2>"$TMP/pg.log" &
 PIDS+=($!)
 wait_port "$PG_PORT"
+# The port opens before recovery ends ("the database system is starting up").
+for _ in $(seq 1 200); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break; sleep 0.05; done
 "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U hookgate bench
 export HOOKGATE_DATABASE_URL="postgres://hookgate@127.0.0.1:$PG_PORT/bench"
 
