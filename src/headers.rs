@@ -83,7 +83,6 @@ pub fn upstream_request_headers(
     authority: Option<&str>,
     content_length: u64,
 ) -> HeaderMap {
-    let length = HeaderValue::from(content_length);
     let rewrite = forwarding.is_some();
     let needs_rebuild = (!client.contains_key(header::HOST) && authority.is_some())
         || client.keys().any(|name| {
@@ -95,8 +94,17 @@ pub fn upstream_request_headers(
             .nth(1)
             .is_some();
     if !needs_rebuild {
-        // insert() keeps an existing field's position.
-        client.insert(header::CONTENT_LENGTH, length);
+        // The usual request declared exactly the length that was read: its
+        // field already holds those bytes, so it stays as is (no new value,
+        // no allocation). insert() keeps an existing field's position.
+        let mut read = itoa::Buffer::new();
+        let read = read.format(content_length).as_bytes();
+        if client
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() != read)
+        {
+            client.insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
+        }
         if let Some(f) = forwarding {
             append_forwarded(&mut client, f, None, None, None);
         }
@@ -110,7 +118,7 @@ pub fn upstream_request_headers(
             out.insert(header::HOST, value);
         }
     }
-    let mut length = Some(length);
+    let mut length = Some(HeaderValue::from(content_length));
     let mut xff: Option<HeaderValue> = None;
     let mut xfp: Option<HeaderValue> = None;
     let mut xfh: Option<HeaderValue> = None;
