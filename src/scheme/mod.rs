@@ -725,8 +725,10 @@ impl Verifier<'_> {
         if let Some(ctx) = twilio {
             ctx.finish(frames, &mut states)?;
         }
-        for (i, state) in states.into_iter().enumerate() {
-            let Some(state) = state else { continue };
+        // Taken slot by slot: `into_iter` would first move the whole
+        // array of states (sized for SHA-512) on every request.
+        for (i, slot) in states.iter_mut().enumerate() {
+            let Some(state) = slot.take() else { continue };
             let tag = state.finish();
             if candidates.iter().any(|c| !c.ed25519 && c.tag.ct_eq(&tag)) {
                 return Ok(Verified {
