@@ -1,4 +1,4 @@
-//! The request path of SPEC §1, top to bottom in [`Proxy::handle_inner`]:
+//! The request path of SPEC §1, top to bottom in `Proxy::handle_inner`:
 //!
 //! route (host, raw path) → method → Host → signature headers (shape,
 //! timestamp, key windows) → Content-Length pre-check → body read under
@@ -69,7 +69,7 @@ pub enum ProxyError {
     /// Not a failure: a repeat the gateway answers itself instead of
     /// forwarding (SPEC §10). It takes this path because, like every other
     /// answer the gateway makes up, it gets its status, outcome and headers
-    /// in [`ProxyError::classify`] and [`synthetic`].
+    /// in [`ProxyError::classify`] and `synthetic`.
     #[error(transparent)]
     Repeat(Repeat),
     #[error("spool is at max_bytes")]
@@ -954,7 +954,7 @@ fn synthetic(
 }
 
 /// A response body: the upstream's, streamed, or the gateway's own. It
-/// carries the request's [`Exchange`], recorded when the body ends or is
+/// carries the request's `Exchange`, recorded when the body ends or is
 /// dropped.
 pub struct ResponseBody {
     inner: Inner,

@@ -54,7 +54,7 @@ impl RouteTable {
     }
 }
 
-/// "example.com:8443" → "example.com"; "[::1]:80" → "[::1]".
+/// "example.com:8443" → "example.com"; `"[::1]:80"` → `"[::1]"`.
 fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
         Some(i)

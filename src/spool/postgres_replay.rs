@@ -142,7 +142,7 @@ impl PgReplay {
 }
 
 impl ReplayStore for PgReplay {
-    /// Every [`COUNT_EVERY`] (first at once) the table's unexpired rows,
+    /// Every `COUNT_EVERY` (first at once) the table's unexpired rows,
     /// every instance's: each instance reports the same number.
     fn track(&self, entries: Gauge) {
         let pool = self.pool.clone();
