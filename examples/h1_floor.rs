@@ -163,6 +163,7 @@ struct Conn {
     signed: HeaderMap,
     target: String,
     host: String,
+    upstream_us: Option<u128>,
     /// The access line's timestamp up to the second, and that second.
     second: (u64, String),
 }
@@ -180,6 +181,7 @@ async fn connection(ctx: &'static Ctx, mut client: TcpStream, peer: SocketAddr) 
         target: String::new(),
         host: String::new(),
         second: (u64::MAX, String::new()),
+        upstream_us: None,
     };
     // Any error (peer gone, bad framing after the 400 was sent) ends the connection.
     while let Ok(true) = request(ctx, &mut c, &mut client).await {}
@@ -205,6 +207,7 @@ async fn request(ctx: &'static Ctx, c: &mut Conn, client: &mut TcpStream) -> std
         }
     };
     let started = Instant::now();
+    c.upstream_us = None;
     while c.buf.len() < head_len + body_len {
         c.buf.reserve(READ_SPACE);
         if client.read_buf(&mut c.buf).await? == 0 {
@@ -372,6 +375,7 @@ async fn forward(route: &Route, c: &mut Conn, body: &Bytes) -> std::io::Result<u
         }
     };
     let mut out = Buf::chain(&c.head[..], &body[..]);
+    let sent = Instant::now();
     up.stream.write_all_buf(&mut out).await?;
     let bad = || std::io::Error::other("upstream response out of the instrument's scope");
     c.reply.clear();
@@ -405,6 +409,8 @@ async fn forward(route: &Route, c: &mut Conn, body: &Bytes) -> std::io::Result<u
                     }
                 }
                 c.reply.put_slice(b"\r\n");
+                // Time to the response head, as hookgate's upstream_us.
+                c.upstream_us = Some(sent.elapsed().as_micros());
                 break (n, len.ok_or_else(bad)?, status, keep);
             }
         }
@@ -491,6 +497,10 @@ fn access(ctx: &Ctx, c: &mut Conn, status: u16, body_bytes: usize, started: Inst
     l.extend_from_slice(n.format(body_bytes).as_bytes());
     l.extend_from_slice(b" duration_us=");
     l.extend_from_slice(n.format(started.elapsed().as_micros()).as_bytes());
+    if let Some(us) = c.upstream_us {
+        l.extend_from_slice(b" upstream_us=");
+        l.extend_from_slice(n.format(us).as_bytes());
+    }
     l.extend_from_slice(b" peer=");
     l.extend_from_slice(c.peer.as_bytes());
     l.extend_from_slice(b" protocol=HTTP/1.1\n");

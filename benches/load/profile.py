@@ -129,7 +129,11 @@ class Run:
             ng_ssl = f" ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem"
         self.scheme = scheme
         for i, binary in enumerate(a.binary):
-            name = "hookgate" if len(a.binary) == 1 else f"hookgate[{i}]"
+            # Named by file when the binaries' names differ (hookgate vs
+            # examples/h1_floor), by position when they do not (before/after).
+            bases = [os.path.basename(b) for b in a.binary]
+            name = ("hookgate" if len(a.binary) == 1 else
+                    bases[i] if len(set(bases)) == len(bases) else f"hookgate[{i}]")
             hg, admin = free_port(), free_port()
             open(f"{d}/hg{i}.toml", "w").write(f"""
 [server]
@@ -231,7 +235,8 @@ secret = {{ env = "S" }}
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("binary", nargs="+", help="one or more hookgate binaries (measured in turn, same run)")
+    p.add_argument("binary", nargs="+", help="one or more hookgate binaries (measured in turn, same run); "
+                   "target/release/examples/h1_floor takes the same command line")
     p.add_argument("--bodies", default="1024,16384,262144,1048576")
     p.add_argument("--duration", type=int, default=4)
     p.add_argument("--window", type=float, default=1.2)
