@@ -20,6 +20,9 @@
 #                 healthy upstream's 200 is relayed, nothing is kept
 #   spool-replay  spool + replay_window: the replay store in the spool file
 #                 (a primary-key read per request, a write in the group commit)
+# BINARY `nginx` measures nginx proxy_pass the same way (one process,
+# master_process off, keep-alive upstream, X-Forwarded-* set, access_log
+# off; mode plain only): the baseline for the same run.
 # Callgrind counts every thread's user-space instructions (SQLite's
 # included), not the kernel's (fsync): see the wall-clock run.sh for that.
 import hashlib, hmac, http.client, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
@@ -39,6 +42,8 @@ binary = args[0]
 sizes = [int(a) for a in args[1:] if a.isdigit()] or [1024]
 modes = [a for a in args[1:] if not a.isdigit()] or ["plain"]
 MODES = ("plain", "replay", "spool", "spool-replay")
+if binary == "nginx" and modes != ["plain"]:
+    raise SystemExit("nginx: mode plain only")
 for m in modes:
     if m not in MODES:
         raise SystemExit(f"unknown mode {m!r}; one of {', '.join(MODES)}")
@@ -105,8 +110,20 @@ secret = {{ env = "S" }}
 {extra}""")
     out = f"{d}/cg.{mode}.{size}.{n}"
     env = dict(os.environ, S=SECRET, HOOKGATE_LOG="info")
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
-                          "run", "--config", f"{d}/hg.toml"], env=env,
+    cmd = [binary, "run", "--config", f"{d}/hg.toml"]
+    if binary == "nginx":
+        open(f"{d}/proxy.conf", "w").write(f"""
+daemon off; master_process off; worker_processes 1; pid {d}/proxy.pid; error_log {d}/proxy-err.log;
+events {{ worker_connections 256; }}
+http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  upstream app {{ server 127.0.0.1:{up}; keepalive 8; }}
+  server {{ listen 127.0.0.1:{port}; client_max_body_size 2m; client_body_buffer_size 1m;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; }} }} }}
+""")
+        cmd = ["nginx", "-c", f"{d}/proxy.conf", "-p", d]
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd, env=env,
                          stderr=open(f"{d}/hg.{mode}.{size}.{n}.log", "w"))
     wait_port(port)
     c = http.client.HTTPConnection("127.0.0.1", port)
