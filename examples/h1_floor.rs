@@ -13,8 +13,9 @@
 //!
 //! What it deliberately lacks: limits, timeouts, TLS, HTTP/2, chunked
 //! bodies (answered 400 + close), `Expect: 100-continue`, trusted proxies,
-//! shadow mode, replay, spool, reload, graceful shutdown, every framing rule
-//! of SPEC §1 beyond the minimum. Do not put it in front of anything.
+//! shadow mode, replay, spool, reload, graceful shutdown, HTTP/1.0, every
+//! framing rule of SPEC §1 beyond the minimum. Do not put it in front of
+//! anything.
 //!
 //! `h1_floor run --config FILE`: FILE is a hookgate config whose first route
 //! is served (loaded by hookgate's config loader, so keys and scheme are the
@@ -26,6 +27,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -63,6 +65,9 @@ const DROPPED: [&str; 12] = [
 const HOP_BY_HOP: &[&str] = DROPPED.split_at(7).0;
 
 struct Ctx {
+    /// The one route served, in hookgate's own table (so a route with a
+    /// `host` is matched as hookgate matches it).
+    route: Arc<Route>,
     routes: RouteTable,
     route_name: String,
     access_log: bool,
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
     };
     let level = std::env::var("HOOKGATE_LOG").unwrap_or_default();
     let ctx: &'static Ctx = Box::leak(Box::new(Ctx {
+        route: route.clone(),
         routes: RouteTable::new(&config.routes[..1]),
         route_name: route.name.clone(),
         access_log: !matches!(level.trim(), "warn" | "error" | "off"),
@@ -280,13 +286,12 @@ fn parse_head(
     c.head.clear();
     c.target.clear();
     c.target.push_str(path);
-    // Routes match the raw path without the query (as RouteTable::find is fed).
-    let route_path = path.split_once('?').map_or(path, |(p, _)| p);
-    let route = ctx.routes.find(None, route_path);
-    let names = route.map_or(&[][..], |r| r.check.header_names());
+    // The one route's fields and target; whether it matches (path and
+    // Host) is known once the Host field has been read.
+    let names = ctx.route.check.header_names();
     c.head.put_slice(method.as_bytes());
     c.head.put_u8(b' ');
-    match route.and_then(|r| r.upstream.fixed_path.as_ref()) {
+    match ctx.route.upstream.fixed_path.as_ref() {
         Some(fixed) => {
             c.head.put_slice(fixed.path().as_bytes());
             if let Some((_, q)) = path.split_once('?') {
@@ -336,10 +341,9 @@ fn parse_head(
     if hosts != 1 || !hookgate::proxy::valid_host(&c.host) {
         return Err(BAD);
     }
-    // Routes with a host: look again with it (the first look found the path).
-    let route = route
-        .and_then(|_| ctx.routes.find(Some(&c.host), route_path))
-        .map(|r| &**r);
+    // Routes match the raw path without the query (as RouteTable::find is fed).
+    let route_path = path.split_once('?').map_or(path, |(p, _)| p);
+    let route = ctx.routes.find(Some(&c.host), route_path).map(|r| &**r);
     let method_ok = Method::from_bytes(method.as_bytes())
         .is_ok_and(|m| route.is_none_or(|r| r.methods.contains(&m)));
     if !method_ok {
