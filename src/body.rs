@@ -3,7 +3,7 @@
 //! upstream.
 //!
 //! No frame is copied: the `Bytes` handed out by hyper are hashed and then
-//! moved into [`Frames`], which the upstream client sends as is. Trailers are
+//! moved into [`Frames`], which the upstream client writes as is. Trailers are
 //! ignored (they never count toward the signature and are not forwarded).
 
 use std::pin::Pin;
@@ -124,11 +124,18 @@ where
 }
 
 /// The upstream request body: the client's frames replayed with an exact
-/// size, so hyper frames it with `Content-Length`.
+/// size (sent with `Content-Length`).
 #[derive(Debug)]
 pub struct ReplayBody {
     bufs: std::vec::IntoIter<Bytes>,
     remaining: u64,
+}
+
+impl ReplayBody {
+    /// The frames not yet yielded, for a client that writes them itself.
+    pub fn bufs(&self) -> &[Bytes] {
+        self.bufs.as_slice()
+    }
 }
 
 impl Body for ReplayBody {

@@ -39,7 +39,7 @@ use crate::replay::{self, Claim, MemoryStore, Repeat, ReplayStore, Verified};
 use crate::route::RouteTable;
 use crate::scheme::{self, Field, VerifyError};
 use crate::spool::{self, Circuit, NewRecord, Note, Spool, StoreError};
-use crate::upstream::{Lease, Pool, UpstreamError, Upstreams};
+use crate::upstream::{Pool, UpstreamBody, UpstreamError, Upstreams};
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +62,6 @@ pub enum ProxyError {
     Upstream(UpstreamError),
     #[error("upstream did not answer within upstream_timeout")]
     UpstreamTimeout,
-    #[error("upstream answered {0} to a request that asked for no upgrade")]
-    UpstreamInformational(StatusCode),
     #[error("cannot build the upstream URI: {0}")]
     UpstreamUri(#[source] http::Error),
     /// Not a failure: a repeat the gateway answers itself instead of
@@ -118,9 +116,7 @@ impl ProxyError {
             }
             ProxyError::Body(BodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, Outcome::Timeout),
             ProxyError::Body(BodyError::Read(_)) => (StatusCode::BAD_REQUEST, Outcome::BadRequest),
-            ProxyError::Upstream(_)
-            | ProxyError::UpstreamUri(_)
-            | ProxyError::UpstreamInformational(_) => {
+            ProxyError::Upstream(_) | ProxyError::UpstreamUri(_) => {
                 (StatusCode::BAD_GATEWAY, Outcome::UpstreamError)
             }
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamTimeout),
@@ -267,7 +263,7 @@ pub struct Proxy {
 /// What the request path produced: the upstream's response to relay, or a
 /// 202 for a request now durable in the spool.
 enum Reply {
-    Upstream(Response<Incoming>),
+    Upstream(Response<UpstreamBody>),
     Accepted(String),
 }
 
@@ -300,9 +296,6 @@ struct Exchange {
     body_done: bool,
     upstream_time: Option<Duration>,
     upstream_status: Option<StatusCode>,
-    /// The upstream connection, returned to its pool once the response
-    /// body has been relayed to its end.
-    lease: Option<Lease>,
     status: StatusCode,
     outcome: Outcome,
 }
@@ -449,7 +442,6 @@ impl Proxy {
             body_done: req.body().is_end_stream(),
             upstream_time: None,
             upstream_status: None,
-            lease: None,
             status: StatusCode::OK,
             outcome: Outcome::Forwarded,
         };
@@ -610,18 +602,12 @@ impl Proxy {
                 spool.route_recovered(&route.name);
             }
         }
-        let (response, lease) = attempt
+        // Interim 1xx answers were skipped by the client, and a 101 (no
+        // upgrade was asked for) is its error: this is the final response.
+        let response = attempt
             .map_err(|_| ProxyError::UpstreamTimeout)?
             .map_err(ProxyError::Upstream)?;
         ex.upstream_status = Some(response.status());
-        // hyper's client consumes 100 and 102–199 itself; only 101 reaches
-        // here, and hookgate does no upgrades. The connection is dropped
-        // with the lease, never reused; a replay claim is dropped too, so
-        // the sender's next copy goes through.
-        if response.status().is_informational() {
-            return Err(ProxyError::UpstreamInformational(response.status()));
-        }
-        ex.lease = Some(lease);
         // Recorded only once the app accepted it; otherwise the claim is
         // dropped and the next copy goes through.
         if response.status().is_success() {
@@ -762,10 +748,7 @@ fn commit(claim: Option<Claim<'_>>) {
 /// no complete response headers (connect error, reset, timeout) or a 5xx,
 /// 408 or 429. `None`: it did not fail.
 fn sync_failure(
-    attempt: &Result<
-        Result<(Response<Incoming>, Lease), UpstreamError>,
-        tokio::time::error::Elapsed,
-    >,
+    attempt: &Result<Result<Response<UpstreamBody>, UpstreamError>, tokio::time::error::Elapsed>,
 ) -> Option<Note> {
     match attempt {
         Err(_) => Some(Note {
@@ -776,7 +759,7 @@ fn sync_failure(
             status: None,
             error: Some(e.to_string()),
         }),
-        Ok(Ok((response, _))) if spool::failed_status(response.status()) => Some(Note {
+        Ok(Ok(response)) if spool::failed_status(response.status()) => Some(Note {
             status: Some(response.status().as_u16()),
             error: None,
         }),
@@ -963,22 +946,15 @@ pub struct ResponseBody {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    /// Owns the upstream connection while it streams; puts it back in its
+    /// pool itself once read to a clean end.
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
     fn finish(&mut self) {
-        if let Some(mut ex) = self.exchange.take() {
-            // The upstream connection can carry another request only if its
-            // response was read to the end.
-            let complete = match &self.inner {
-                Inner::Upstream(body) => body.is_end_stream(),
-                Inner::Full(_) => false,
-            };
-            if let (true, Some(lease)) = (complete, ex.lease.take()) {
-                lease.release();
-            }
+        if let Some(ex) = self.exchange.take() {
             ex.finish(&self.proxy.metrics);
         }
     }
@@ -992,12 +968,12 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
@@ -1043,7 +1019,10 @@ mod tests {
             (ProxyError::BadHost, 400, "bad_request"),
             (ProxyError::HeaderLookalike, 400, "bad_request"),
             (
-                ProxyError::UpstreamInformational(StatusCode::SWITCHING_PROTOCOLS),
+                ProxyError::Upstream(UpstreamError::Request {
+                    authority: http::uri::Authority::from_static("127.0.0.1:9"),
+                    source: crate::upstream::h1::Error::Upgrade(StatusCode::SWITCHING_PROTOCOLS),
+                }),
                 502,
                 "upstream_error",
             ),

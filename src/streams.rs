@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::proxy::ResponseBody;
+use crate::upstream::UpstreamError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -113,12 +114,12 @@ pub struct Counted {
 
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Some(open) = &this.open {

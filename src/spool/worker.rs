@@ -380,7 +380,7 @@ async fn send(state: &State, route: &Route, record: &Record, attempt: u32) -> At
     *req.headers_mut() = headers;
     let pool = state.pool(route);
     let sent = tokio::time::timeout(route.upstream_timeout, async {
-        let (response, lease) = pool.send(req).await.map_err(|e| e.to_string())?;
+        let response = pool.send(req).await.map_err(|e| e.to_string())?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -388,27 +388,16 @@ async fn send(state: &State, route: &Route, record: &Record, attempt: u32) -> At
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        // Read the answer to its end so the connection can carry the next one.
+        // Read the answer to its end so the connection can carry the next
+        // one (the body returns it to the pool when it ends cleanly; one
+        // dropped unfinished closes it).
         let mut body = response.into_body();
         let mut read = 0usize;
-        let mut complete = false;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    read += f.data_ref().map_or(0, Bytes::len);
-                    if read > MAX_DRAIN {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-            if http_body::Body::is_end_stream(&body) {
-                complete = true;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > MAX_DRAIN {
                 break;
             }
-        }
-        if complete || http_body::Body::is_end_stream(&body) {
-            lease.release();
         }
         Ok::<_, String>((status, retry_after))
     })
