@@ -82,6 +82,9 @@ pub enum Behaviour {
     Script(&'static [u16]),
     /// Write these exact bytes as the answer, then close the connection.
     Reply(&'static [u8]),
+    /// Write these exact bytes as the answer and keep the connection for
+    /// the next request.
+    ReplyKeep(&'static [u8]),
     /// Answer 200 with a body of this many bytes, written as fast as the
     /// gateway takes it; `Upstream::aborted` counts answers whose write
     /// failed (the gateway closed the connection mid-body).
@@ -99,6 +102,8 @@ pub struct Upstream {
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// `Large` answers cut short because the gateway closed the connection.
     pub aborted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections this upstream has closed (or seen closed) so far.
+    pub closed: Arc<std::sync::atomic::AtomicUsize>,
     behaviour: Arc<Mutex<Behaviour>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -139,6 +144,8 @@ impl Upstream {
         let accepted = connections.clone();
         let aborted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let cut = aborted.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ended = closed.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -149,12 +156,12 @@ impl Upstream {
                 let _ = stream.set_nodelay(true);
                 let log = log.clone();
                 // Connections end with the upstream (JoinSet aborts on drop).
-                conns.spawn(serve_upstream_conn(
-                    stream,
-                    log,
-                    shared.clone(),
-                    cut.clone(),
-                ));
+                let served = serve_upstream_conn(stream, log, shared.clone(), cut.clone());
+                let ended = ended.clone();
+                conns.spawn(async move {
+                    served.await;
+                    ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
             }
         });
         Upstream {
@@ -162,8 +169,22 @@ impl Upstream {
             requests,
             connections,
             aborted,
+            closed,
             behaviour,
             task,
+        }
+    }
+
+    /// Waits (yielding, no sleep) until this upstream has closed `n`
+    /// connections; panics after 5 s.
+    pub async fn wait_closed(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.closed.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "upstream did not close"
+            );
+            tokio::task::yield_now().await;
         }
     }
 
@@ -248,6 +269,12 @@ async fn serve_upstream_conn(
             Behaviour::Reply(bytes) => {
                 let _ = stream.write_all(bytes).await;
                 return;
+            }
+            Behaviour::ReplyKeep(bytes) => {
+                if stream.write_all(bytes).await.is_err() {
+                    return;
+                }
+                continue;
             }
             Behaviour::Large(len) => {
                 let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
