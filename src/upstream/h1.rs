@@ -213,10 +213,17 @@ impl Conn {
     }
 
     /// Reads the final response head (interim 1xx answers are skipped) to
-    /// a request with method `method`.
-    pub async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
+    /// a request with method `method`. The response's fields go into
+    /// `headers` (the request's map, emptied: its allocation is reused, as
+    /// hyper's client did).
+    pub async fn read_head(
+        &mut self,
+        method: &Method,
+        mut headers: HeaderMap,
+    ) -> Result<Head, Error> {
+        headers.clear();
         loop {
-            if let Some(head) = self.parse_head(method)? {
+            if let Some(head) = self.parse_head(method, &mut headers)? {
                 return Ok(head);
             }
             if self.read.len() >= MAX_HEAD {
@@ -232,7 +239,11 @@ impl Conn {
     }
 
     /// A final response head from the buffered bytes, if complete.
-    fn parse_head(&mut self, method: &Method) -> Result<Option<Head>, Error> {
+    fn parse_head(
+        &mut self,
+        method: &Method,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<Head>, Error> {
         loop {
             if self.read.is_empty() {
                 return Ok(None);
@@ -288,7 +299,7 @@ impl Conn {
             } else {
                 Version::HTTP_11
             };
-            let mut headers = HeaderMap::with_capacity(count);
+            headers.reserve(count);
             let mut fields = Fields::default();
             for &(n0, n1, v0, v1) in &spans[..count] {
                 let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
@@ -298,6 +309,7 @@ impl Conn {
                 fields.note(&name, &value);
                 headers.append(name, value);
             }
+            let headers = std::mem::take(headers);
             return frame(status, version, headers, &fields, method).map(Some);
         }
     }

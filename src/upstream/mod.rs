@@ -141,7 +141,7 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<ReplayBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let frames = body.bufs();
         let len = frames.iter().map(|b| b.len() as u64).sum();
         let mut conn = loop {
@@ -156,8 +156,9 @@ impl Pool {
                 Err((_, e)) => return Err(self.failed(h1::Error::Io(e))),
             }
         };
+        let headers = std::mem::take(&mut parts.headers);
         let head = conn
-            .read_head(&parts.method)
+            .read_head(&parts.method, headers)
             .await
             .map_err(|e| self.failed(e))?;
         let mut body = UpstreamBody {
