@@ -7,7 +7,9 @@
 //!
 //! - [`server`]: accepts connections, caps them, terminates TLS ([`tls`],
 //!   over [`read_ahead`]: one socket read for rustls' many small ones),
-//!   serves HTTP/1.1 and HTTP/2 with hyper (told apart by [`sniff`]), cuts
+//!   serves HTTP/1.1 (the plain webhook request on the [`h1`] fast path,
+//!   everything else with hyper) and HTTP/2 with hyper (told apart by
+//!   [`sniff`]), cuts
 //!   clients that stop reading ([`send_timeout`]), closes idle or stalled
 //!   HTTP/2 connections ([`streams`]), drains on shutdown;
 //! - [`proxy`]: the request path top to bottom, and the one mapping from
@@ -37,6 +39,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod h1;
 pub mod headers;
 pub mod lifecycle;
 pub mod logging;

@@ -425,11 +425,17 @@ impl Proxy {
     }
 
     /// Serves one request; never fails and never panics on peer input.
-    pub async fn handle(
+    /// The body is hyper's (`Incoming`) or the HTTP/1.1 fast path's
+    /// (`h1::RequestBody`): any body of `Bytes` frames whose errors box.
+    pub async fn handle<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
-        req: Request<Incoming>,
-    ) -> Response<ResponseBody> {
+        req: Request<B>,
+    ) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let mut ex = Exchange {
             state: self.state(),
             _in_flight: InFlight::new(&self.metrics),
@@ -473,13 +479,17 @@ impl Proxy {
         })
     }
 
-    async fn handle_inner(
+    async fn handle_inner<B>(
         &self,
         state: &State,
         conn: &ConnInfo,
-        req: Request<Incoming>,
+        req: Request<B>,
         ex: &mut Exchange,
-    ) -> Result<Reply, ProxyError> {
+    ) -> Result<Reply, ProxyError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, mut body) = req.into_parts();
         let (host, host_ok) = request_host(&parts);
 

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
+use crate::h1;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::read_ahead::ReadAhead;
 use crate::send_timeout::SendTimeout;
@@ -69,6 +70,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     let mut builder = http_builder(&built_for.config.limits);
     let slots = Arc::new(Semaphore::new(built_for.config.limits.max_connections));
 
+    // Read once: the test-only switch that turns the fast path off.
+    let fast_h1 = h1::enabled();
     let graceful = GracefulShutdown::new();
     // Connections still waiting for their first bytes are not hyper
     // connections yet, so `graceful` cannot reach them: they watch this.
@@ -127,6 +130,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             proxy: proxy.clone(),
             request_timeout,
             send_timeout,
+            fast_h1,
         };
         tokio::spawn(async move {
             match tls {
@@ -171,6 +175,8 @@ struct ConnTask {
     proxy: Arc<Proxy>,
     request_timeout: Duration,
     send_timeout: Duration,
+    /// HTTP/1 requests go through the fast path first (`h1`).
+    fast_h1: bool,
 }
 
 impl ConnTask {
@@ -191,6 +197,7 @@ impl ConnTask {
         let request_timeout = self.request_timeout;
         let send_timeout = self.send_timeout;
         let builder = self.builder;
+        let fast_h1 = self.fast_h1;
         let watcher = self.watcher;
         let mut stopping = self.stopping;
         let seen = started.clone();
@@ -202,8 +209,8 @@ impl ConnTask {
                 sniffed = crate::sniff::sniff(io) => sniffed?,
                 _ = stopping.wait_for(|stop| *stop) => return Ok(()),
             };
-            let io = TokioIo::new(io);
             if h2 {
+                let io = TokioIo::new(io);
                 let streams = Streams::new();
                 let service = service(proxy, conn, seen, Some(streams.clone()));
                 let conn = builder.h2.serve_connection(io, service);
@@ -220,8 +227,25 @@ impl ConnTask {
                 drop(watcher);
                 result
             } else {
+                let io = if fast_h1 {
+                    let fast = h1::Conn {
+                        proxy: proxy.clone(),
+                        info: conn.clone(),
+                        seen: seen.clone(),
+                        stopping,
+                        request_timeout,
+                    };
+                    // The watcher is held meanwhile, so a drain waits for
+                    // a fast-path request in flight.
+                    match h1::serve(io, fast).await? {
+                        h1::Ended::Closed => return Ok(()),
+                        h1::Ended::Hyper(io) => io,
+                    }
+                } else {
+                    io
+                };
                 let service = service(proxy, conn, seen, None);
-                let conn = builder.h1.serve_connection(io, service);
+                let conn = builder.h1.serve_connection(TokioIo::new(io), service);
                 watcher.watch(conn).await.map_err(BoxError::from)
             }
         };

@@ -45,6 +45,26 @@ pub struct Rewind<I> {
     inner: I,
 }
 
+impl<I> Rewind<I> {
+    /// The same stream with `bytes` put back in front of what it has not
+    /// given out yet: the HTTP/1 fast path hands a connection to hyper
+    /// with every byte it read and did not serve.
+    pub fn rewound(self, bytes: Bytes) -> Rewind<I> {
+        let prefix = if self.prefix.is_empty() {
+            bytes
+        } else {
+            let mut both = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            both.extend_from_slice(&bytes);
+            both.extend_from_slice(&self.prefix);
+            both.freeze()
+        };
+        Rewind {
+            prefix,
+            inner: self.inner,
+        }
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -1,0 +1,264 @@
+//! One HTTP/1 connection on the fast path: read a head, call the proxy,
+//! write its response, and again, until the client closes, a head is not
+//! eligible (hand-over to hyper), or the connection must close.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::Response;
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::body::RequestBody;
+use super::head::{self, Eligible, Framing, Parsed};
+use crate::proxy::{ConnInfo, Proxy, ResponseBody};
+use crate::sniff::Rewind;
+
+/// Free space asked for before each read of a head: a 16 KiB webhook (head
+/// and body) usually arrives in one `recv`.
+const HEAD_READ: usize = 32 * 1024;
+
+/// Response bodies up to this size are copied behind the head so the whole
+/// response goes out in one write; larger frames are written as they are.
+const COALESCE: usize = 16 * 1024;
+
+/// What a connection's fast path needs.
+pub struct Conn {
+    pub proxy: Arc<Proxy>,
+    pub info: Arc<ConnInfo>,
+    /// Set at the first request, for the first-request deadline.
+    pub seen: Arc<AtomicBool>,
+    pub stopping: watch::Receiver<bool>,
+    /// The limit for each head, also the keep-alive idle limit (hyper's
+    /// `header_read_timeout`).
+    pub request_timeout: Duration,
+}
+
+/// How the fast path left the connection.
+pub enum Ended<I> {
+    /// Closed (or to be dropped): nothing more to serve.
+    Closed,
+    /// A head the fast path does not serve: hyper takes the connection,
+    /// with every byte read and not yet served put back in front.
+    Hyper(Rewind<I>),
+}
+
+enum Head {
+    Eligible(Eligible),
+    Hyper,
+    Closed,
+}
+
+/// Serves requests on `io` until it closes or goes to hyper. I/O errors
+/// (client gone, `send_timeout`) end the connection.
+pub async fn serve<I>(mut io: Rewind<I>, mut c: Conn) -> io::Result<Ended<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
+    loop {
+        let eligible = match read_head(&mut io, &mut buf, &mut c.stopping, c.request_timeout).await? {
+            Head::Eligible(e) => e,
+            Head::Hyper => return Ok(Ended::Hyper(io.rewound(buf.freeze()))),
+            Head::Closed => return Ok(Ended::Closed),
+        };
+        let head_bytes = buf.split_to(eligible.len()).freeze();
+        let Some(req) = eligible.request(&head_bytes) else {
+            // A name, value or target hyper refuses: hyper answers it.
+            let mut all = BytesMut::with_capacity(head_bytes.len() + buf.len());
+            all.extend_from_slice(&head_bytes);
+            all.extend_from_slice(&buf);
+            return Ok(Ended::Hyper(io.rewound(all.freeze())));
+        };
+        c.seen.store(true, Ordering::Relaxed);
+        let mut remaining = eligible.content_length;
+        let req = req.map(|()| RequestBody {
+            io: &mut io,
+            buf: &mut buf,
+            remaining: &mut remaining,
+        });
+        let response = c.proxy.clone().handle(c.info.clone(), req).await;
+        drop(head_bytes);
+        // Unread body bytes must never be parsed as the next request.
+        let close = eligible.close
+            || remaining > 0
+            || head::wants_close(&response)
+            || *c.stopping.borrow();
+        write_response(&mut io, &mut out, response, close).await?;
+        if close {
+            let _ = io.shutdown().await;
+            return Ok(Ended::Closed);
+        }
+    }
+}
+
+/// Reads until `buf` starts with a whole head (or cannot). Waiting for a
+/// head is bounded by `timeout`; an idle connection (no byte of the next
+/// request yet) also closes at once when the server stops, or when the
+/// client closes. A timeout closes without an answer, as hyper's header
+/// timeout does.
+async fn read_head<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    stopping: &mut watch::Receiver<bool>,
+    timeout: Duration,
+) -> io::Result<Head> {
+    let mut deadline = None;
+    loop {
+        if !buf.is_empty() {
+            match head::parse(buf) {
+                Parsed::Eligible(e) => return Ok(Head::Eligible(e)),
+                Parsed::Hyper => return Ok(Head::Hyper),
+                Parsed::Partial => {}
+            }
+        }
+        let idle = buf.is_empty();
+        if idle && *stopping.borrow() {
+            return Ok(Head::Closed);
+        }
+        buf.reserve(HEAD_READ);
+        // A read that is ready at once (a pipelined or already arrived
+        // request) needs no timer.
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut *buf))
+        })
+        .await;
+        let read = match ready {
+            Poll::Ready(read) => read,
+            Poll::Pending => {
+                let at = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                tokio::select! {
+                    read = io.read_buf(buf) => read,
+                    () = tokio::time::sleep_until(at) => return Ok(Head::Closed),
+                    _ = stopping.wait_for(|stop| *stop), if idle => return Ok(Head::Closed),
+                }
+            }
+        };
+        match read? {
+            // EOF mid-head: hyper decides what that gets.
+            0 if idle => return Ok(Head::Closed),
+            0 => return Ok(Head::Hyper),
+            _ => {}
+        }
+    }
+}
+
+/// Writes the response: head, then the body framed by length or chunked.
+/// A small body goes out in the head's write; the head is also flushed
+/// whenever the body has nothing ready, so a slow upstream body streams.
+async fn write_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut BytesMut,
+    mut response: Response<ResponseBody>,
+    close: bool,
+) -> io::Result<()> {
+    out.clear();
+    let exact = response.body().size_hint().exact();
+    let framing = DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        head::encode_response(out, &response, exact, close, d.now())
+    });
+    let body = response.body_mut();
+    let mut sent = 0u64;
+    if framing != Framing::None {
+        loop {
+            let polled =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+            let next = match polled {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    if !out.is_empty() {
+                        io.write_all(out).await?;
+                        out.clear();
+                        io.flush().await?;
+                    }
+                    body.frame().await
+                }
+            };
+            let data = match next {
+                None => break,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue, // trailers and empty frames: nothing to send
+                },
+            };
+            sent += data.len() as u64;
+            if framing == Framing::Chunked {
+                out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            write_data(io, out, data).await?;
+            if framing == Framing::Chunked {
+                out.put_slice(b"\r\n");
+            }
+        }
+        match framing {
+            Framing::Chunked => out.put_slice(b"0\r\n\r\n"),
+            Framing::Length(n) if n != sent => {
+                // The body ended short or ran long: the client cannot frame
+                // what follows, so the connection ends (as hyper's does).
+                io.write_all(out).await?;
+                return Err(io::Error::other("response body does not match its length"));
+            }
+            _ => {}
+        }
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+    }
+    io.flush().await?;
+    // The body ended: its exchange is recorded (metrics, access log) and
+    // the upstream connection returned to its pool.
+    drop(response);
+    Ok(())
+}
+
+/// Appends a small frame to `out`; writes a large one straight after what
+/// `out` holds (one vectored write), without copying it.
+async fn write_data<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut BytesMut,
+    data: Bytes,
+) -> io::Result<()> {
+    if out.len() + data.len() <= COALESCE {
+        out.extend_from_slice(&data);
+        return Ok(());
+    }
+    let mut both = bytes::Buf::chain(&out[..], data);
+    io.write_all_buf(&mut both).await?;
+    out.clear();
+    Ok(())
+}
+
+thread_local! {
+    static DATE: RefCell<Date> = const { RefCell::new(Date { second: u64::MAX, text: Vec::new() }) };
+}
+
+/// The `date` value, formatted once a second per thread (hyper caches it
+/// the same way).
+struct Date {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl Date {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.text
+    }
+}

@@ -1,0 +1,341 @@
+//! The request head of the fast path: parsed with httparse the way hyper
+//! parses it, and accepted only when it is the plain webhook request. The
+//! response head, encoded the way hyper encodes it.
+//!
+//! Everything a head can be besides the plain request (another method or
+//! version, chunked or absent framing, `Expect`, `Upgrade`, a parse error,
+//! a head over the limit) is *not* handled here: the connection is handed
+//! to hyper with every byte read so far, so each of those edge cases keeps
+//! hyper's answer (SPEC §1–§2, research/hardening.md).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+
+use crate::server::{MAX_HEADERS, MAX_HEADER_BYTES};
+
+/// What the bytes at the start of the buffer are.
+pub enum Parsed {
+    /// A plain webhook request: its head is `len` bytes, its body
+    /// `content_length` bytes.
+    Eligible(Eligible),
+    /// Not a whole head yet (and still under the size limit).
+    Partial,
+    /// Anything else: hyper decides (parse error, other framing, limits).
+    Hyper,
+}
+
+/// Where an eligible head's parts are in the buffer.
+pub struct Eligible {
+    len: usize,
+    pub content_length: u64,
+    /// The client asked for the connection to close after this response.
+    pub close: bool,
+    method: Method,
+    /// Byte range of the request target.
+    target: (usize, usize),
+    /// Byte ranges of each field's name and value, in order.
+    fields: Vec<((usize, usize), (usize, usize))>,
+}
+
+/// Parses the head at the start of `buf` (with hyper's httparse settings:
+/// the defaults, `MAX_HEADERS` fields, `MAX_HEADER_BYTES` bytes).
+pub fn parse(buf: &[u8]) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEADER_BYTES => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEADER_BYTES => return Parsed::Partial,
+        _ => return Parsed::Hyper,
+    };
+    let (Some("POST"), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Hyper;
+    };
+    // Origin form only: `*`, absolute and authority forms stay hyper's.
+    if !path.starts_with('/') {
+        return Parsed::Hyper;
+    }
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start, start + s.len())
+    };
+    let mut content_length = None;
+    let mut close = false;
+    let mut ranges = Vec::with_capacity(req.headers.len());
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Parsed::Hyper;
+            }
+            match digits(field.value) {
+                Some(n) => content_length = Some(n),
+                None => return Parsed::Hyper,
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Parsed::Hyper;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            match connection_close(field.value) {
+                Some(c) => close |= c,
+                None => return Parsed::Hyper,
+            }
+        }
+        ranges.push((range(name), range(field.value)));
+    }
+    let Some(content_length) = content_length else {
+        return Parsed::Hyper;
+    };
+    Parsed::Eligible(Eligible {
+        len,
+        content_length,
+        close,
+        method: Method::POST,
+        target: range(path.as_bytes()),
+        fields: ranges,
+    })
+}
+
+/// A Content-Length value of ASCII digits only that fits a u64 (no sign,
+/// no inner spaces, not empty; httparse has trimmed the outer ones).
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// Whether a `Connection` value asks to close: `Some(false)` for
+/// `keep-alive`, `Some(true)` when `close` is among the tokens, `None` for
+/// any other token (hyper and the header rewriting handle those).
+fn connection_close(value: &[u8]) -> Option<bool> {
+    let mut close = false;
+    for token in value.split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+            return None;
+        }
+    }
+    Some(close)
+}
+
+impl Eligible {
+    /// The head's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The request without its body, its target and field values sharing
+    /// `head` (the head's bytes, split off the read buffer) as hyper's do.
+    /// `None` when a name, value or target is one hyper would refuse:
+    /// the connection is then handed to hyper.
+    pub fn request(&self, head: &Bytes) -> Option<Request<()>> {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for &((ns, ne), (vs, ve)) in &self.fields {
+            let name = HeaderName::from_bytes(&head[ns..ne]).ok()?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).ok()?;
+            headers.append(name, value);
+        }
+        let uri = Uri::from_maybe_shared(head.slice(self.target.0..self.target.1)).ok()?;
+        let mut req = Request::new(());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        Some(req)
+    }
+}
+
+/// How a response body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all (1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Appends the response head to `out`: status line, the proxy's fields in
+/// order, then what hyper adds: the framing field when the proxy set none
+/// (`content-length` when the body's size is exact, else chunked),
+/// `connection: close` when the connection closes after it, and `date`.
+/// Returns the framing the body must use.
+pub fn encode_response<B>(
+    out: &mut BytesMut,
+    response: &Response<B>,
+    exact: Option<u64>,
+    close: bool,
+    date: &[u8],
+) -> Framing {
+    let status = response.status();
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    let headers = response.headers();
+    let mut framing = if bodiless(status) {
+        Framing::None
+    } else {
+        match headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| digits(v.as_bytes()))
+        {
+            Some(n) => Framing::Length(n),
+            None => match exact {
+                Some(n) => Framing::Length(n),
+                None => Framing::Chunked,
+            },
+        }
+    };
+    let mut has_connection_close = false;
+    for (name, value) in headers {
+        // The proxy's response never carries hop-by-hop framing, but a
+        // stray one must not contradict the framing written here.
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH && framing == Framing::Chunked {
+            continue;
+        }
+        if name == header::CONNECTION {
+            has_connection_close |= connection_close(value.as_bytes()) == Some(true);
+            if close && !has_connection_close {
+                continue;
+            }
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) if !headers.contains_key(header::CONTENT_LENGTH) => {
+            out.put_slice(b"content-length: ");
+            out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if close && !has_connection_close {
+        out.put_slice(b"connection: close\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.put_slice(b"date: ");
+        out.put_slice(date);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    if status == StatusCode::NOT_MODIFIED || status.is_informational() {
+        framing = Framing::None;
+    }
+    framing
+}
+
+/// Statuses that never carry a body (RFC 9112 §6.3).
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+}
+
+/// Whether a response asks for the connection to close.
+pub fn wants_close<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| connection_close(v.as_bytes()) == Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eligible(raw: &[u8]) -> Option<Eligible> {
+        match parse(raw) {
+            Parsed::Eligible(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn plain_webhook_is_eligible_and_rebuilt() {
+        let raw = b"POST /hooks/a?x=1 HTTP/1.1\r\nHost: h\r\nX-Sig: ab\r\nx-sig: cd\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello";
+        let e = eligible(raw).unwrap();
+        assert_eq!(e.content_length, 5);
+        assert!(!e.close);
+        let head = Bytes::copy_from_slice(&raw[..e.len()]);
+        let req = e.request(&head).unwrap();
+        assert_eq!(req.uri(), "/hooks/a?x=1");
+        let sigs: Vec<_> = req.headers().get_all("x-sig").iter().collect();
+        assert_eq!(sigs, ["ab", "cd"]);
+        assert_eq!(req.headers().len(), 5);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        let hyper: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.0\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nUpgrade: h2c\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nConnection: x-secret\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\n folded\r\n\r\n",
+            b"POST / HTTP/1.1\r\nno colon\r\n\r\n",
+        ];
+        for raw in hyper {
+            assert!(
+                matches!(parse(raw), Parsed::Hyper),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert!(matches!(parse(b"POST / HTTP/1.1\r\nHost"), Parsed::Partial));
+        let mut big = b"POST / HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_HEADER_BYTES + 1, b'a');
+        assert!(matches!(parse(&big), Parsed::Hyper));
+    }
+
+    #[test]
+    fn connection_tokens() {
+        assert_eq!(connection_close(b"close"), Some(true));
+        assert_eq!(connection_close(b"Keep-Alive"), Some(false));
+        assert_eq!(connection_close(b"keep-alive, CLOSE"), Some(true));
+        assert_eq!(connection_close(b"te"), None);
+    }
+
+    #[test]
+    fn response_framing() {
+        let mut out = BytesMut::new();
+        let r = Response::new(());
+        let f = encode_response(&mut out, &r, Some(3), true, b"D");
+        assert_eq!(f, Framing::Length(3));
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\ndate: D\r\n\r\n"
+        );
+        out.clear();
+        assert_eq!(encode_response(&mut out, &r, None, false, b"D"), Framing::Chunked);
+        let mut r = Response::new(());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        out.clear();
+        assert_eq!(encode_response(&mut out, &r, Some(0), false, b"D"), Framing::None);
+    }
+}
