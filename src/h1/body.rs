@@ -4,6 +4,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -12,16 +13,33 @@ use tokio::io::AsyncRead;
 
 use crate::server::MAX_READ_BUF;
 
-/// A request body read from the connection it borrows. `remaining` lives in
-/// the connection loop, so it knows afterwards whether the body was read to
-/// its end (the connection can carry another request) or not (it closes).
-pub struct RequestBody<'a, I> {
-    pub(super) io: &'a mut I,
-    pub(super) buf: &'a mut BytesMut,
-    pub(super) remaining: &'a mut u64,
+/// The connection's read side while a request is served: shared (behind
+/// an uncontended lock: one task polls both) by the request body, which
+/// reads it, and the connection loop, which watches it for the client
+/// going away once the body is read.
+pub struct Reader<'a, I> {
+    pub io: &'a mut I,
+    pub buf: &'a mut BytesMut,
+    /// Body bytes not read yet: when not 0 after the response, the
+    /// connection cannot carry another request.
+    pub remaining: u64,
 }
 
-impl<I: AsyncRead + Unpin> Body for RequestBody<'_, I> {
+/// A request body read from the connection's [`Reader`].
+pub struct RequestBody<'r, 'a, I> {
+    pub(super) reader: &'r Mutex<Reader<'a, I>>,
+    /// A copy of the reader's `remaining`, for `size_hint` and
+    /// `is_end_stream` without the lock.
+    pub(super) remaining: u64,
+}
+
+/// Locks the reader; a poisoned lock (a panic while holding it) still
+/// holds consistent bytes, since every update is a single step.
+pub(super) fn lock<'r, 'a, I>(m: &'r Mutex<Reader<'a, I>>) -> MutexGuard<'r, Reader<'a, I>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<I: AsyncRead + Unpin> Body for RequestBody<'_, '_, I> {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -30,17 +48,19 @@ impl<I: AsyncRead + Unpin> Body for RequestBody<'_, I> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        if *this.remaining == 0 {
+        if this.remaining == 0 {
             return Poll::Ready(None);
         }
-        if this.buf.is_empty() {
+        let mut guard = lock(this.reader);
+        let r = &mut *guard;
+        if r.buf.is_empty() {
             // Up to the rest of the body, at most one read buffer's worth
             // (as hyper's read strategy caps it).
-            let want = usize::try_from(*this.remaining)
+            let want = usize::try_from(r.remaining)
                 .unwrap_or(usize::MAX)
                 .min(MAX_READ_BUF);
-            this.buf.reserve(want);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *this.io), cx, &mut *this.buf) {
+            r.buf.reserve(want);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *r.io), cx, &mut *r.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Ok(0)) => {
@@ -52,18 +72,19 @@ impl<I: AsyncRead + Unpin> Body for RequestBody<'_, I> {
                 Poll::Ready(Ok(_)) => {}
             }
         }
-        let take = usize::try_from(*this.remaining)
+        let take = usize::try_from(r.remaining)
             .unwrap_or(usize::MAX)
-            .min(this.buf.len());
-        *this.remaining -= take as u64;
-        Poll::Ready(Some(Ok(Frame::data(this.buf.split_to(take).freeze()))))
+            .min(r.buf.len());
+        r.remaining -= take as u64;
+        this.remaining = r.remaining;
+        Poll::Ready(Some(Ok(Frame::data(r.buf.split_to(take).freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
-        *self.remaining == 0
+        self.remaining == 0
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(*self.remaining)
+        SizeHint::with_exact(self.remaining)
     }
 }

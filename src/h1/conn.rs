@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
+use super::body::{self, Reader, RequestBody};
 use super::head::{self, Eligible, Framing, Parsed};
 use crate::proxy::{ConnInfo, Proxy, ResponseBody};
 use crate::sniff::Rewind;
@@ -81,13 +82,21 @@ where
             return Ok(Ended::Hyper(io.rewound(all.freeze())));
         };
         c.seen.store(true, Ordering::Relaxed);
-        let mut remaining = eligible.content_length;
-        let req = req.map(|()| RequestBody {
+        let reader = Mutex::new(Reader {
             io: &mut io,
             buf: &mut buf,
-            remaining: &mut remaining,
+            remaining: eligible.content_length,
         });
-        let response = c.proxy.clone().handle(c.info.clone(), req).await;
+        let req = req.map(|()| RequestBody {
+            reader: &reader,
+            remaining: eligible.content_length,
+        });
+        let handling = c.proxy.clone().handle(c.info.clone(), req);
+        let Some(response) = until_client_gone(handling, &reader).await else {
+            // Dropping the request cancels it upstream, as hyper does.
+            return Ok(Ended::Closed);
+        };
+        let remaining = reader.into_inner().unwrap_or_else(|e| e.into_inner()).remaining;
         drop(head_bytes);
         // Unread body bytes must never be parsed as the next request.
         let close = eligible.close
@@ -100,6 +109,44 @@ where
             return Ok(Ended::Closed);
         }
     }
+}
+
+/// Runs the proxy's handling of a request; once its body has been read
+/// and nothing else is buffered, also watches the connection: the client
+/// closing it (or an error) ends the request (`None`), as hyper's
+/// dispatcher does, so a sender that gave up does not hold an upstream
+/// request (and a replay in-flight mark) until `upstream_timeout`. Bytes
+/// that arrive meanwhile (a pipelined request) are kept for later.
+async fn until_client_gone<F, I>(handling: F, reader: &Mutex<Reader<'_, I>>) -> Option<F::Output>
+where
+    F: Future,
+    I: AsyncRead + Unpin,
+{
+    let mut handling = std::pin::pin!(handling);
+    let mut watching = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if !watching {
+            return Poll::Pending;
+        }
+        let mut guard = body::lock(reader);
+        let r = &mut *guard;
+        if r.remaining > 0 || !r.buf.is_empty() {
+            return Poll::Pending;
+        }
+        r.buf.reserve(HEAD_READ);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *r.io), cx, &mut *r.buf) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
+            Poll::Ready(Ok(_)) => {
+                watching = false;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Reads until `buf` starts with a whole head (or cannot). Waiting for a

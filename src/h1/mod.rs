@@ -24,7 +24,7 @@ mod body;
 mod conn;
 pub mod head;
 
-pub use body::RequestBody;
+pub use body::{Reader, RequestBody};
 pub use conn::{serve, Conn, Ended};
 
 /// Whether the fast path serves HTTP/1 connections: unless the test-only
