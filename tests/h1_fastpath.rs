@@ -210,16 +210,32 @@ fn corpus() -> Vec<Case> {
     let mut then_chunked = webhook(1024, "");
     let small = body(1024);
     then_chunked.extend_from_slice(&raw_req(
-        &signed_head("POST /webhooks/a HTTP/1.1", &small, "Transfer-Encoding: chunked"),
+        &signed_head(
+            "POST /webhooks/a HTTP/1.1",
+            &small,
+            "Transfer-Encoding: chunked",
+        ),
         &chunked(&small),
     ));
     cases.push(Case {
         requests: 2,
-        ..case("pipelined webhook then a chunked one (hand-over mid-connection)", then_chunked)
+        ..case(
+            "pipelined webhook then a chunked one (hand-over mid-connection)",
+            then_chunked,
+        )
     });
     let whole = webhook(1024, "");
     let head_len = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    for at in [1, 5, 17, 40, head_len - 3, head_len - 1, head_len, head_len + 10] {
+    for at in [
+        1,
+        5,
+        17,
+        40,
+        head_len - 3,
+        head_len - 1,
+        head_len,
+        head_len + 10,
+    ] {
         cases.push(Case {
             chunks: vec![whole[..at].to_vec(), whole[at..].to_vec()],
             ..case(&format!("split at byte {at}"), Vec::new())
@@ -286,13 +302,18 @@ async fn run(addr: SocketAddr, case: &Case) -> Seen {
     if !closed {
         closed = case.shutdown
             || stream.write_all(&webhook(1024, "")).await.is_err()
-            || try_read_response(&mut stream, Duration::from_secs(5)).await.is_err();
+            || try_read_response(&mut stream, Duration::from_secs(5))
+                .await
+                .is_err();
     }
     Seen { statuses, closed }
 }
 
+/// A request as the upstream saw it: method, target, fields, body.
+type Request = (String, String, Vec<(String, String)>, Vec<u8>);
+
 /// The upstream's records without their arrival times.
-fn records(up: &Upstream) -> Vec<(String, String, Vec<(String, String)>, Vec<u8>)> {
+fn records(up: &Upstream) -> Vec<Request> {
     up.received()
         .into_iter()
         .map(|r| (r.method, r.target, r.headers, r.body))
@@ -306,15 +327,22 @@ async fn fast_path_answers_every_case_as_hyper_does() {
     let up_fast = Upstream::start(Behaviour::Respond).await;
     let up_hyper = Upstream::start(Behaviour::Respond).await;
     let fast = BinaryGateway::start(&two_routes(up_fast.addr, ""));
-    let hyper = BinaryGateway::start_with(&two_routes(up_hyper.addr, ""), &[("HOOKGATE_TEST_H1", "hyper")]);
+    let hyper = BinaryGateway::start_with(
+        &two_routes(up_hyper.addr, ""),
+        &[("HOOKGATE_TEST_H1", "hyper")],
+    );
     let mut forwarded = 0;
     for case in corpus() {
         let (a, b) = tokio::join!(run(fast.addr, &case), run(hyper.addr, &case));
         assert_eq!(a, b, "{}: fast path (left) vs hyper (right)", case.name);
         let (ra, rb) = (records(&up_fast), records(&up_hyper));
         if ra != rb {
-            let at = ra.iter().zip(&rb).position(|(a, b)| a != b).unwrap_or(ra.len().min(rb.len()));
-            let show = |r: Option<&(String, String, Vec<(String, String)>, Vec<u8>)>| {
+            let at = ra
+                .iter()
+                .zip(&rb)
+                .position(|(a, b)| a != b)
+                .unwrap_or(ra.len().min(rb.len()));
+            let show = |r: Option<&Request>| {
                 r.map(|(m, t, h, b)| format!("{m} {t} {h:?} body {} bytes", b.len()))
             };
             panic!(
@@ -387,19 +415,34 @@ async fn drain_finishes_the_in_flight_request_then_closes() {
 #[tokio::test]
 async fn slow_head_is_closed_at_request_timeout() {
     let up = Upstream::start(Behaviour::Respond).await;
-    let cfg = two_routes(up.addr, "").replace("request_timeout = \"2s\"", "request_timeout = \"500ms\"");
+    let cfg =
+        two_routes(up.addr, "").replace("request_timeout = \"2s\"", "request_timeout = \"500ms\"");
     let gw = Gateway::start(&cfg).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream.write_all(&webhook(100, "")).await.unwrap();
     assert_eq!(read_response(&mut stream).await.status, 201);
     let started = tokio::time::Instant::now();
-    stream.write_all(b"POST /webhooks/a HTTP/1.1\r\nHost: hooks").await.unwrap();
+    stream
+        .write_all(b"POST /webhooks/a HTTP/1.1\r\nHost: hooks")
+        .await
+        .unwrap();
     let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut got)).await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut got),
+    )
+    .await;
     assert!(read.is_ok(), "not closed");
-    assert!(got.is_empty(), "answered: {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(450) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     assert_eq!(up.count(), 1);
     gw.stop().await;
 }

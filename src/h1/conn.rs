@@ -3,10 +3,10 @@
 //! eligible (hand-over to hyper), or the connection must close.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,12 +68,13 @@ where
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     loop {
-        let eligible = match read_head(&mut io, &mut buf, &mut c.stopping, c.request_timeout).await? {
-            Head::Eligible(e) => e,
-            Head::Hyper => return Ok(Ended::Hyper(io.rewound(buf.freeze()))),
-            Head::Closed => return Ok(Ended::Closed),
-        };
-        let head_bytes = buf.split_to(eligible.len()).freeze();
+        let eligible =
+            match read_head(&mut io, &mut buf, &mut c.stopping, c.request_timeout).await? {
+                Head::Eligible(e) => e,
+                Head::Hyper => return Ok(Ended::Hyper(io.rewound(buf.freeze()))),
+                Head::Closed => return Ok(Ended::Closed),
+            };
+        let head_bytes = buf.split_to(eligible.head_len()).freeze();
         let Some(req) = eligible.request(&head_bytes) else {
             // A name, value or target hyper refuses: hyper answers it.
             let mut all = BytesMut::with_capacity(head_bytes.len() + buf.len());
@@ -91,18 +92,24 @@ where
             reader: &reader,
             remaining: eligible.content_length,
         });
-        let handling = c.proxy.clone().handle(c.info.clone(), req);
-        let Some(response) = until_client_gone(handling, &reader).await else {
+        // Pinned where it is built (the handler's future is large, and
+        // each move of it is a copy), and dropped before the reader is.
+        let response = {
+            let handling = std::pin::pin!(c.proxy.clone().handle(c.info.clone(), req));
+            until_client_gone(handling, &reader).await
+        };
+        let Some(response) = response else {
             // Dropping the request cancels it upstream, as hyper does.
             return Ok(Ended::Closed);
         };
-        let remaining = reader.into_inner().unwrap_or_else(|e| e.into_inner()).remaining;
+        let remaining = reader
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .remaining;
         drop(head_bytes);
         // Unread body bytes must never be parsed as the next request.
-        let close = eligible.close
-            || remaining > 0
-            || head::wants_close(&response)
-            || *c.stopping.borrow();
+        let close =
+            eligible.close || remaining > 0 || head::wants_close(&response) || *c.stopping.borrow();
         write_response(&mut io, &mut out, response, close).await?;
         if close {
             let _ = io.shutdown().await;
@@ -117,12 +124,14 @@ where
 /// dispatcher does, so a sender that gave up does not hold an upstream
 /// request (and a replay in-flight mark) until `upstream_timeout`. Bytes
 /// that arrive meanwhile (a pipelined request) are kept for later.
-async fn until_client_gone<F, I>(handling: F, reader: &Mutex<Reader<'_, I>>) -> Option<F::Output>
+async fn until_client_gone<F, I>(
+    mut handling: Pin<&mut F>,
+    reader: &Mutex<Reader<'_, I>>,
+) -> Option<F::Output>
 where
     F: Future,
     I: AsyncRead + Unpin,
 {
-    let mut handling = std::pin::pin!(handling);
     let mut watching = true;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = handling.as_mut().poll(cx) {
@@ -177,7 +186,11 @@ async fn read_head<I: AsyncRead + Unpin>(
         // A read that is ready at once (a pipelined or already arrived
         // request) needs no timer.
         let ready = std::future::poll_fn(|cx| {
-            Poll::Ready(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut *buf))
+            Poll::Ready(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *io),
+                cx,
+                &mut *buf,
+            ))
         })
         .await;
         let read = match ready {

@@ -65,24 +65,26 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let mut ranges = Vec::with_capacity(req.headers.len());
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if content_length.is_some() {
-                return Parsed::Hyper;
+        // By length first: most fields are none of these five.
+        let is = |n: &[u8]| name.len() == n.len() && name.eq_ignore_ascii_case(n);
+        match name.len() {
+            14 if is(b"content-length") => {
+                if content_length.is_some() {
+                    return Parsed::Hyper;
+                }
+                match digits(field.value) {
+                    Some(n) => content_length = Some(n),
+                    None => return Parsed::Hyper,
+                }
             }
-            match digits(field.value) {
-                Some(n) => content_length = Some(n),
-                None => return Parsed::Hyper,
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
-            return Parsed::Hyper;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            match connection_close(field.value) {
+            17 if is(b"transfer-encoding") => return Parsed::Hyper,
+            6 if is(b"expect") => return Parsed::Hyper,
+            7 if is(b"upgrade") => return Parsed::Hyper,
+            10 if is(b"connection") => match connection_close(field.value) {
                 Some(c) => close |= c,
                 None => return Parsed::Hyper,
-            }
+            },
+            _ => {}
         }
         ranges.push((range(name), range(field.value)));
     }
@@ -131,7 +133,7 @@ fn connection_close(value: &[u8]) -> Option<bool> {
 
 impl Eligible {
     /// The head's length in bytes.
-    pub fn len(&self) -> usize {
+    pub fn head_len(&self) -> usize {
         self.len
     }
 
@@ -245,7 +247,9 @@ pub fn encode_response<B>(
 
 /// Statuses that never carry a body (RFC 9112 §6.3).
 fn bodiless(status: StatusCode) -> bool {
-    status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// Whether a response asks for the connection to close.
@@ -274,7 +278,7 @@ mod tests {
         let e = eligible(raw).unwrap();
         assert_eq!(e.content_length, 5);
         assert!(!e.close);
-        let head = Bytes::copy_from_slice(&raw[..e.len()]);
+        let head = Bytes::copy_from_slice(&raw[..e.head_len()]);
         let req = e.request(&head).unwrap();
         assert_eq!(req.uri(), "/hooks/a?x=1");
         let sigs: Vec<_> = req.headers().get_all("x-sig").iter().collect();
@@ -332,10 +336,16 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\ndate: D\r\n\r\n"
         );
         out.clear();
-        assert_eq!(encode_response(&mut out, &r, None, false, b"D"), Framing::Chunked);
+        assert_eq!(
+            encode_response(&mut out, &r, None, false, b"D"),
+            Framing::Chunked
+        );
         let mut r = Response::new(());
         *r.status_mut() = StatusCode::NO_CONTENT;
         out.clear();
-        assert_eq!(encode_response(&mut out, &r, Some(0), false, b"D"), Framing::None);
+        assert_eq!(
+            encode_response(&mut out, &r, Some(0), false, b"D"),
+            Framing::None
+        );
     }
 }
