@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::Response;
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -145,10 +145,16 @@ where
         if r.remaining > 0 || !r.buf.is_empty() {
             return Poll::Pending;
         }
-        r.buf.reserve(HEAD_READ);
-        match tokio_util::io::poll_read_buf(Pin::new(&mut *r.io), cx, &mut *r.buf) {
-            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(None),
-            Poll::Ready(Ok(_)) => {
+        // A small read on the stack: the read buffer may still be shared
+        // with the body's frames (on their way upstream), and reserving in
+        // it now would allocate a fresh one for every request.
+        let mut probe = [0u8; 1024];
+        let mut probe = ReadBuf::new(&mut probe);
+        match Pin::new(&mut *r.io).poll_read(cx, &mut probe) {
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            Poll::Ready(Ok(())) if probe.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => {
+                r.buf.extend_from_slice(probe.filled());
                 watching = false;
                 Poll::Pending
             }
