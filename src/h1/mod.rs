@@ -11,8 +11,8 @@
 //! - [`head`]: parse with httparse (hyper's settings and limits) and decide
 //!   eligibility; encode the response head as hyper does (`date`,
 //!   `content-length` or chunked, `connection: close`);
-//! - [`body`]: the request body, `Bytes` frames split off the read buffer;
-//! - [`conn`]: the keep-alive loop (pipelining, `request_timeout` for each
+//! - `body`: the request body, `Bytes` frames split off the read buffer;
+//! - `conn`: the keep-alive loop (pipelining, `request_timeout` for each
 //!   head, graceful drain) and the hand-over: the first request that is not
 //!   eligible, and the rest of its connection, go to hyper with every byte
 //!   read so far, so each edge case keeps hyper's answer.
