@@ -284,8 +284,11 @@ async fn run(addr: SocketAddr, case: &Case) -> Seen {
     let mut statuses = Vec::new();
     let mut closed = false;
     let mut finals = 0;
+    // Responses can arrive together (pipelining, 100 Continue): one
+    // buffer across reads.
+    let mut buf = Vec::new();
     while finals < case.requests {
-        match try_read_response(&mut stream, Duration::from_secs(5)).await {
+        match try_read_buffered(&mut stream, &mut buf, Duration::from_secs(5)).await {
             Ok(r) => {
                 statuses.push(r.status);
                 // An interim answer (100 Continue) precedes the final one.
@@ -302,7 +305,7 @@ async fn run(addr: SocketAddr, case: &Case) -> Seen {
     if !closed {
         closed = case.shutdown
             || stream.write_all(&webhook(1024, "")).await.is_err()
-            || try_read_response(&mut stream, Duration::from_secs(5))
+            || try_read_buffered(&mut stream, &mut buf, Duration::from_secs(5))
                 .await
                 .is_err();
     }

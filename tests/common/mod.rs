@@ -541,16 +541,26 @@ pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     within: Duration,
 ) -> Result<RawResponse, String> {
+    try_read_buffered(stream, &mut Vec::new(), within).await
+}
+
+/// Like [`try_read_response`], keeping what arrived after the response in
+/// `buf` (and starting from what it holds): for pipelined responses, and
+/// an interim `100 Continue` read together with the final answer.
+pub async fn try_read_buffered<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    within: Duration,
+) -> Result<RawResponse, String> {
     let deadline = tokio::time::Instant::now() + within;
-    let mut buf = Vec::new();
     let (n, status, headers) = loop {
         let mut hs = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut hs);
-        if let Ok(httparse::Status::Complete(n)) = resp.parse(&buf) {
+        if let Ok(httparse::Status::Complete(n)) = resp.parse(buf) {
             let headers = lowercase_headers(resp.headers);
             break (n, resp.code.unwrap_or(0), headers);
         }
-        read_more(stream, &mut buf, deadline, within).await?;
+        read_more(stream, buf, deadline, within).await?;
     };
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();
     let cl = headers
@@ -562,15 +572,23 @@ pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let body = if let Some(cl) = cl {
         while buf.len() < n + cl {
-            read_more(stream, &mut buf, deadline, within).await?;
+            read_more(stream, buf, deadline, within).await?;
         }
-        buf[n..n + cl].to_vec()
+        let body = buf[n..n + cl].to_vec();
+        buf.drain(..n + cl);
+        body
     } else if chunked {
-        while !buf[n..].windows(5).any(|w| w == b"0\r\n\r\n") {
-            read_more(stream, &mut buf, deadline, within).await?;
-        }
-        dechunk(&buf[n..])
+        let end = loop {
+            if let Some(end) = buf[n..].windows(5).position(|w| w == b"0\r\n\r\n") {
+                break n + end + 5;
+            }
+            read_more(stream, buf, deadline, within).await?;
+        };
+        let body = dechunk(&buf[n..end]);
+        buf.drain(..end);
+        body
     } else {
+        buf.drain(..n);
         Vec::new()
     };
     Ok(RawResponse {
