@@ -230,9 +230,10 @@ async fn write_response<I: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     out.clear();
     let exact = response.body().size_hint().exact();
+    let empty = response.body().is_end_stream();
     let framing = DATE.with(|d| {
         let mut d = d.borrow_mut();
-        head::encode_response(out, &response, exact, close, d.now())
+        head::encode_response(out, &response, exact, empty, close, d.now())
     });
     let body = response.body_mut();
     let mut sent = 0u64;

@@ -171,11 +171,15 @@ pub enum Framing {
 /// order, then what hyper adds: the framing field when the proxy set none
 /// (`content-length` when the body's size is exact, else chunked),
 /// `connection: close` when the connection closes after it, and `date`.
-/// Returns the framing the body must use.
+/// As hyper does, an empty body (`empty`: the body is already at its end)
+/// drops a `content-length` other than `0` (an upstream's 204 or 304 may
+/// carry the length of what it did not send). Returns the framing the body
+/// must use.
 pub fn encode_response<B>(
     out: &mut BytesMut,
     response: &Response<B>,
     exact: Option<u64>,
+    empty: bool,
     close: bool,
     date: &[u8],
 ) -> Framing {
@@ -186,8 +190,10 @@ pub fn encode_response<B>(
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
     let headers = response.headers();
-    let mut framing = if bodiless(status) {
+    let framing = if bodiless(status) {
         Framing::None
+    } else if empty {
+        Framing::Length(0)
     } else {
         match headers
             .get(header::CONTENT_LENGTH)
@@ -200,6 +206,7 @@ pub fn encode_response<B>(
             },
         }
     };
+    let mut wrote_length = false;
     let mut has_connection_close = false;
     for (name, value) in headers {
         // The proxy's response never carries hop-by-hop framing, but a
@@ -207,8 +214,11 @@ pub fn encode_response<B>(
         if name == header::TRANSFER_ENCODING {
             continue;
         }
-        if name == header::CONTENT_LENGTH && framing == Framing::Chunked {
-            continue;
+        if name == header::CONTENT_LENGTH {
+            if framing == Framing::Chunked || (empty && value != "0") || wrote_length {
+                continue;
+            }
+            wrote_length = true;
         }
         if name == header::CONNECTION {
             has_connection_close |= connection_close(value.as_bytes()) == Some(true);
@@ -222,7 +232,7 @@ pub fn encode_response<B>(
         out.put_slice(b"\r\n");
     }
     match framing {
-        Framing::Length(n) if !headers.contains_key(header::CONTENT_LENGTH) => {
+        Framing::Length(n) if !wrote_length => {
             out.put_slice(b"content-length: ");
             out.put_slice(itoa::Buffer::new().format(n).as_bytes());
             out.put_slice(b"\r\n");
@@ -239,9 +249,6 @@ pub fn encode_response<B>(
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");
-    if status == StatusCode::NOT_MODIFIED || status.is_informational() {
-        framing = Framing::None;
-    }
     framing
 }
 
@@ -329,7 +336,7 @@ mod tests {
     fn response_framing() {
         let mut out = BytesMut::new();
         let r = Response::new(());
-        let f = encode_response(&mut out, &r, Some(3), true, b"D");
+        let f = encode_response(&mut out, &r, Some(3), false, true, b"D");
         assert_eq!(f, Framing::Length(3));
         assert_eq!(
             &out[..],
@@ -337,15 +344,30 @@ mod tests {
         );
         out.clear();
         assert_eq!(
-            encode_response(&mut out, &r, None, false, b"D"),
+            encode_response(&mut out, &r, None, false, false, b"D"),
             Framing::Chunked
         );
+        // An upstream's 204 with the length of a body it did not send.
         let mut r = Response::new(());
         *r.status_mut() = StatusCode::NO_CONTENT;
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         out.clear();
         assert_eq!(
-            encode_response(&mut out, &r, Some(0), false, b"D"),
+            encode_response(&mut out, &r, Some(0), true, false, b"D"),
             Framing::None
+        );
+        assert_eq!(&out[..], b"HTTP/1.1 204 No Content\r\ndate: D\r\n\r\n");
+        // An empty 200 says so.
+        let r = Response::new(());
+        out.clear();
+        assert_eq!(
+            encode_response(&mut out, &r, Some(0), true, false, b"D"),
+            Framing::Length(0)
+        );
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ndate: D\r\n\r\n"
         );
     }
 }
