@@ -180,6 +180,7 @@ async fn repeat_after_2xx_is_answered_200_and_never_forwarded(store: Store) {
     assert_eq!(requests_total(&text, "c", "duplicate"), Some(1.0));
     assert_eq!(requests_total(&text, "b", "duplicate"), Some(0.0));
     assert_eq!(sample(&text, "hookgate_replay_entries"), Some(2.0));
+    gw.wait_lines(7, |l| l.contains("hookgate::access")).await;
     assert_eq!(
         access_outcomes(&gw),
         [

@@ -981,6 +981,26 @@ impl BinaryGateway {
         panic!("requests still in flight");
     }
 
+    /// Waits (up to 10 s) until at least `n` stderr lines satisfy `keep`:
+    /// lines reach `lines` through a reader thread, so a line the gateway
+    /// wrote before answering may still be on its way when the answer is.
+    pub async fn wait_lines(&self, n: usize, keep: impl Fn(&str) -> bool) {
+        for _ in 0..500 {
+            let have = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| keep(l))
+                .count();
+            if have >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fewer than {n} matching log lines within 10 s");
+    }
+
     /// Rewrites the config file with `config` and sends SIGHUP; waits (up
     /// to 10 s) for the reload's log line. True when it was applied.
     pub async fn reload(&self, config: &str) -> bool {
