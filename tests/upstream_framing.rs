@@ -282,3 +282,61 @@ async fn malformed_responses_are_502() {
     assert_eq!(head.windows(5).filter(|w| w == b"x-f: ").count(), 99);
     gw.stop().await;
 }
+
+/// An upstream that answers a body larger than the socket buffers before
+/// reading it (its own 413) and then reads nothing: the gateway stops
+/// writing, relays the 413, and does not reuse that connection. (Writing
+/// the whole request first would wait until `upstream_timeout`: 504.)
+#[tokio::test]
+async fn early_answer_to_a_large_body_is_relayed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if tokio::io::AsyncReadExt::read(&mut sock, &mut byte)
+                    .await
+                    .unwrap_or(0)
+                    == 0
+                {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let _ = sock
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+                .await;
+            // Held open, never read again, until the test ends.
+            let _ = held_tx.send(sock);
+        }
+    });
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[limits]
+request_timeout = "60s"
+upstream_timeout = "30s"
+max_body_bytes = 33554432
+
+[[route]]
+name = "a"
+path = "/webhooks/a"
+upstream = "http://{addr}"
+secret = {{ env = "SECRET_A" }}
+"#
+    );
+    let gw = Gateway::start(&config).await;
+    // 24 MiB: more than loopback's send and receive buffers together.
+    let body = vec![b'x'; 24 * 1024 * 1024];
+    let request = post("/webhooks/a", Some(&sign(SECRET_A, &body)), &body, "");
+    let (response, _) = raw(gw.addr, &request).await;
+    assert_eq!(response.status, 413, "{}", response.head);
+    assert_eq!(response.body, b"big!");
+    assert!(held_rx.recv().await.is_some());
+    gw.stop().await;
+}

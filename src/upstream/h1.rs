@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode, Version};
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 /// Response header fields accepted, as hyper's client did.
@@ -149,7 +149,13 @@ impl Conn {
     /// written (one `writev` for a head and up to 63 frames the socket
     /// takes at once). On failure, says whether any byte went out: only a
     /// request of which nothing was written may be sent again.
-    pub async fn write_request(&mut self, body: &[Bytes]) -> Result<(), (bool, io::Error)> {
+    ///
+    /// `Ok(false)`: the upstream answered before it read the whole request
+    /// (an early 413 to a body larger than the socket buffers): writing
+    /// stopped, the answer is in the read buffer, and the connection must
+    /// not be reused. Without this the write would wait for a reader that
+    /// never comes, until `upstream_timeout`.
+    pub async fn write_request(&mut self, body: &[Bytes]) -> Result<bool, (bool, io::Error)> {
         let mut head_at = 0;
         let mut frame = 0;
         let mut frame_at = 0;
@@ -171,12 +177,45 @@ impl Conn {
                 n += 1;
             }
             if n == 0 {
-                return Ok(());
+                return Ok(true);
             }
-            let mut wrote = match self.stream.write_vectored(&slices[..n]).await {
-                Ok(0) => return Err((written_any, io::ErrorKind::WriteZero.into())),
-                Ok(w) => w,
-                Err(e) => return Err((written_any, e)),
+            let stream = &mut self.stream;
+            let read = &mut self.read;
+            let slices = &slices[..n];
+            // Only while the socket takes no more: the common write
+            // completes at once and never looks at the read side.
+            let written = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) =
+                    std::pin::Pin::new(&mut *stream).poll_write_vectored(cx, slices)
+                {
+                    return Poll::Ready(Some(r));
+                }
+                loop {
+                    if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    match stream.try_read_buf(read) {
+                        // Stale readiness, now cleared: wait for either side.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                        // Closed before answering: the write fails next.
+                        Ok(0) => {
+                            return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())))
+                        }
+                        // An interim 100 asks for the rest of the body.
+                        Ok(_)
+                            if read.starts_with(b"HTTP/1.1 100 ")
+                                || read.starts_with(b"HTTP/1.0 100 ") => {}
+                        Ok(_) => return Poll::Ready(None),
+                    }
+                }
+            })
+            .await;
+            let mut wrote = match written {
+                None => return Ok(false),
+                Some(Ok(0)) => return Err((written_any, io::ErrorKind::WriteZero.into())),
+                Some(Ok(w)) => w,
+                Some(Err(e)) => return Err((written_any, e)),
             };
             written_any = true;
             let head_left = self.head.len() - head_at;

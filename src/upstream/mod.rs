@@ -144,14 +144,14 @@ impl Pool {
         let (mut parts, body) = req.into_parts();
         let frames = body.bufs();
         let len = frames.iter().map(|b| b.len() as u64).sum();
-        let mut conn = loop {
+        let (mut conn, complete) = loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
             conn.encode_head(&parts, len);
             match conn.write_request(frames).await {
-                Ok(()) => break conn,
+                Ok(complete) => break (conn, complete),
                 Err((false, _)) if reused => continue,
                 Err((_, e)) => return Err(self.failed(h1::Error::Io(e))),
             }
@@ -167,7 +167,9 @@ impl Pool {
         let mut body = UpstreamBody {
             conn: Some(conn),
             decoder: head.body,
-            keep_alive: head.keep_alive,
+            // A request cut short by an early answer leaves the upstream
+            // waiting for the rest: never reused.
+            keep_alive: head.keep_alive && complete,
             pool: self.clone(),
         };
         body.end_if_complete();
