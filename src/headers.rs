@@ -270,6 +270,22 @@ fn join(prev: Option<HeaderValue>, next: &HeaderValue) -> HeaderValue {
     }
 }
 
+/// A `Content-Length` value (or one element of a list of them): ASCII
+/// digits only, not empty, no sign or inner space, fitting a u64. The
+/// callers trim what RFC 9110 allows around it. Shared by the HTTP/1.1
+/// fast path (request heads) and the upstream client (response heads).
+pub fn content_length_value(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

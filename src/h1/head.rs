@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 
+use crate::headers;
 use crate::server::{MAX_HEADERS, MAX_HEADER_BYTES};
 
 /// What the bytes at the start of the buffer are.
@@ -72,7 +73,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
                 if content_length.is_some() {
                     return Parsed::Hyper;
                 }
-                match digits(field.value) {
+                match headers::content_length_value(field.value) {
                     Some(n) => content_length = Some(n),
                     None => return Parsed::Hyper,
                 }
@@ -98,20 +99,6 @@ pub fn parse(buf: &[u8]) -> Parsed {
         method: Method::POST,
         target: range(path.as_bytes()),
         fields: ranges,
-    })
-}
-
-/// A Content-Length value of ASCII digits only that fits a u64 (no sign,
-/// no inner spaces, not empty; httparse has trimmed the outer ones).
-fn digits(value: &[u8]) -> Option<u64> {
-    if value.is_empty() {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, &b| {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
     })
 }
 
@@ -197,7 +184,7 @@ pub fn encode_response<B>(
     } else {
         match headers
             .get(header::CONTENT_LENGTH)
-            .and_then(|v| digits(v.as_bytes()))
+            .and_then(|v| headers::content_length_value(v.as_bytes()))
         {
             Some(n) => Framing::Length(n),
             None => match exact {

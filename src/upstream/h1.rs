@@ -382,12 +382,10 @@ impl Fields {
         } else if name == header::CONTENT_LENGTH {
             // Every field and every list element: the same decimal number.
             for part in value.as_bytes().split(|&b| b == b',') {
-                let part = part.trim_ascii();
-                if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                let Some(n) = crate::headers::content_length_value(part.trim_ascii()) else {
                     self.bad_length = true;
                     continue;
-                }
-                let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                };
                 match self.length {
                     Some(prev) if prev != n => self.bad_length = true,
                     _ => self.length = Some(n),
