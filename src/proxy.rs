@@ -861,10 +861,39 @@ fn request_host(parts: &Parts) -> (Option<&str>, bool) {
 /// colon is there, is 1–5 digits and at most 65535 (`http`'s `Authority`
 /// accepts `gw.test:8a`, which nginx and Envoy refuse with 400).
 pub fn valid_host(h: &str) -> bool {
+    if let Some(valid) = plain_host(h.as_bytes()) {
+        return valid;
+    }
     let parsed = h
         .parse::<http::uri::Authority>()
         .is_ok_and(|a| a.as_str() == h && !h.contains('@'));
     parsed && !h.is_empty() && valid_port(h)
+}
+
+/// The usual Host, decided without building an `Authority`: a name or
+/// IPv4 address of letters, digits, `.` and `-`, then optionally `:` and
+/// 1–5 digits. `Some(valid)` for that shape (what the full check answers
+/// for it; `tests::plain_host_agrees` compares them), `None` for anything
+/// else (IPv6 literals, other characters), which takes the full check.
+fn plain_host(h: &[u8]) -> Option<bool> {
+    let (name, port) = match h.iter().position(|&b| b == b':') {
+        Some(colon) => (&h[..colon], Some(&h[colon + 1..])),
+        None => (h, None),
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if !name_ok {
+        return None;
+    }
+    match port {
+        None => Some(true),
+        Some(p) if (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit) => {
+            Some(p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535)
+        }
+        Some(_) => None,
+    }
 }
 
 fn valid_port(h: &str) -> bool {
@@ -1012,6 +1041,52 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The full Host check without the `plain_host` shortcut.
+    fn full_valid_host(h: &str) -> bool {
+        let parsed = h
+            .parse::<http::uri::Authority>()
+            .is_ok_and(|a| a.as_str() == h && !h.contains('@'));
+        parsed && !h.is_empty() && valid_port(h)
+    }
+
+    /// Wherever the shortcut decides, it answers what the full check
+    /// answers: every string up to 6 bytes over an alphabet of the
+    /// shortcut's characters and its edges, plus longer everyday hosts.
+    #[test]
+    fn plain_host_agrees() {
+        let alphabet = b"a9.-:0_[]@ ";
+        let mut decided = 0;
+        let mut check = |h: &str| {
+            if let Some(fast) = plain_host(h.as_bytes()) {
+                decided += 1;
+                assert_eq!(fast, full_valid_host(h), "{h:?}");
+            }
+            assert_eq!(valid_host(h), full_valid_host(h), "{h:?}");
+        };
+        let mut stack = vec![String::new()];
+        while let Some(s) = stack.pop() {
+            check(&s);
+            if s.len() < 6 {
+                for &c in alphabet {
+                    stack.push(format!("{s}{}", c as char));
+                }
+            }
+        }
+        for h in [
+            "gw.example.com",
+            "gw.example.com:8443",
+            "127.0.0.1:65535",
+            "127.0.0.1:65536",
+            "127.0.0.1:099999",
+            "a:00080",
+            "[::1]:80",
+            "xn--bcher-kva.example",
+        ] {
+            check(h);
+        }
+        assert!(decided > 10_000, "the shortcut decided only {decided}");
+    }
 
     /// Pins the status and outcome of every error the request path can
     /// produce (SPEC §2).

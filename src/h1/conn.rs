@@ -17,7 +17,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::body::{self, Reader, RequestBody};
 use super::head::{self, Eligible, Framing, Parsed};
@@ -67,13 +67,18 @@ where
 {
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
+    let mut timer = None;
     loop {
-        let eligible =
-            match read_head(&mut io, &mut buf, &mut c.stopping, c.request_timeout).await? {
-                Head::Eligible(e) => e,
-                Head::Hyper => return Ok(Ended::Hyper(io.rewound(buf.freeze()))),
-                Head::Closed => return Ok(Ended::Closed),
-            };
+        let waiting = Waiting {
+            stopping: &mut c.stopping,
+            timeout: c.request_timeout,
+            timer: &mut timer,
+        };
+        let eligible = match read_head(&mut io, &mut buf, waiting).await? {
+            Head::Eligible(e) => e,
+            Head::Hyper => return Ok(Ended::Hyper(io.rewound(buf.freeze()))),
+            Head::Closed => return Ok(Ended::Closed),
+        };
         let head_bytes = buf.split_to(eligible.head_len()).freeze();
         let Some(req) = eligible.request(&head_bytes) else {
             // A name, value or target hyper refuses: hyper answers it.
@@ -164,6 +169,17 @@ where
     .await
 }
 
+/// What bounds the wait for a head.
+struct Waiting<'a> {
+    stopping: &'a mut watch::Receiver<bool>,
+    timeout: Duration,
+    /// The connection's one head timer, made at the first head that has to
+    /// wait and moved to each later head's deadline: a later deadline only
+    /// updates the entry already in tokio's timer wheel, where a new timer
+    /// per head was an insertion and a removal under the driver's lock.
+    timer: &'a mut Option<Pin<Box<Sleep>>>,
+}
+
 /// Reads until `buf` starts with a whole head (or cannot). Waiting for a
 /// head is bounded by `timeout`; an idle connection (no byte of the next
 /// request yet) also closes at once when the server stops, or when the
@@ -172,9 +188,13 @@ where
 async fn read_head<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
-    stopping: &mut watch::Receiver<bool>,
-    timeout: Duration,
+    w: Waiting<'_>,
 ) -> io::Result<Head> {
+    let Waiting {
+        stopping,
+        timeout,
+        timer,
+    } = w;
     let mut deadline = None;
     loop {
         if !buf.is_empty() {
@@ -203,9 +223,20 @@ async fn read_head<I: AsyncRead + Unpin>(
             Poll::Ready(read) => read,
             Poll::Pending => {
                 let at = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                let sleep = match timer {
+                    Some(sleep) => {
+                        if sleep.deadline() != at {
+                            sleep.as_mut().reset(at);
+                        }
+                        sleep.as_mut()
+                    }
+                    None => timer
+                        .insert(Box::pin(tokio::time::sleep_until(at)))
+                        .as_mut(),
+                };
                 tokio::select! {
                     read = io.read_buf(buf) => read,
-                    () = tokio::time::sleep_until(at) => return Ok(Head::Closed),
+                    () = sleep => return Ok(Head::Closed),
                     _ = stopping.wait_for(|stop| *stop), if idle => return Ok(Head::Closed),
                 }
             }

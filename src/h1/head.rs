@@ -129,7 +129,10 @@ impl Eligible {
     /// `None` when a name, value or target is one hyper would refuse:
     /// the connection is then handed to hyper.
     pub fn request(&self, head: &Bytes) -> Option<Request<()>> {
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // Room for what the proxy adds before the map is sent upstream
+        // (X-Forwarded-For/-Proto/-Host, a spooled route's delivery id and
+        // attempt): growing a full map rehashes every field.
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + 5);
         for &((ns, ne), (vs, ve)) in &self.fields {
             let name = HeaderName::from_bytes(&head[ns..ne]).ok()?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).ok()?;
