@@ -23,6 +23,11 @@
 # BINARY `nginx` measures nginx proxy_pass the same way (one process,
 # master_process off, keep-alive upstream, X-Forwarded-* set, access_log
 # off; mode plain only): the baseline for the same run.
+# The "connection tasks" figure (hookgate only) is the instructions inside the
+# tasks that serve connections, per request of the longer run: it leaves out
+# the runtime's parking between requests, which varies with timing (±1-2k per
+# request from run to run on a busy box), so it is the one to compare small
+# changes by.
 # Callgrind counts every thread's user-space instructions (SQLite's
 # included), not the kernel's (fsync): see the wall-clock run.sh for that.
 import hashlib, hmac, http.client, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
@@ -66,6 +71,20 @@ def sha_ir(out):
         if m:
             total += int(m.group(1).replace(",", ""))
     return total
+
+def conn_ir(out):
+    """Inclusive instructions of hookgate's connection tasks in a callgrind
+    file (None for nginx). Steadier than the whole-process difference: the
+    runtime's parking (epoll_wait, timer processing) between requests varies
+    with how the client's requests happen to arrive, by ±1-2k per request on
+    a busy box; the work done for each request inside its task does not."""
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", out],
+                          capture_output=True, text=True, check=True).stdout
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+\S*:hookgate::server::serve::\{\{closure\}\}::\{\{closure\}\} ", line)
+        if m:
+            return int(m.group(1).replace(",", ""))
+    return None
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -153,9 +172,12 @@ try:
                 suffix = "" if sizes == [1024] else f".{size}"
                 shutil.copy(f"{d}/cg.{mode}.{size}.{n_hi}", f"{keep}/callgrind.{mode}{suffix}")
             label = "" if sizes == [1024] else f" body {size} B"
+            conn = conn_ir(f"{d}/cg.{mode}.{size}.{n_hi}") if binary != "nginx" else None
+            steady = "" if conn is None else \
+                f"; connection tasks: {(conn - hi_sha) / n_hi:.0f} per request without SHA-256"
             print(f"{binary} {mode}{label}: {per[mode]:.0f} instructions per request, "
-                  f"{per[mode] - sha:.0f} without SHA-256 ({n_lo} / {n_hi} requests: {lo} / {hi} total)",
-                  flush=True)
+                  f"{per[mode] - sha:.0f} without SHA-256 ({n_lo} / {n_hi} requests: {lo} / {hi} total)"
+                  f"{steady}", flush=True)
         for mode, base in (("replay", "plain"), ("spool-replay", "spool"), ("spool-replay", "plain")):
             if mode in per and base in per:
                 print(f"{mode} / {base}{'' if sizes == [1024] else f' ({size} B)'}: {per[mode] / per[base]:.3f}")
