@@ -5,6 +5,12 @@
 //! writes a line for every request, and the stock formatter's colour
 //! handling and float/Debug formatting cost more CPU than the rest of the
 //! request path's bookkeeping. JSON uses tracing-subscriber's own encoder.
+//! The access line itself skips tracing's event path in the text format
+//! ([`access`]); it is written with the same functions as [`TextLine`].
+
+mod access;
+
+pub use access::AccessLine;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -46,11 +52,11 @@ pub fn init(format: LogFormat) {
         // response. A lost log line is the lesser harm.
         .log_internal_errors(false);
     match format {
-        LogFormat::Text => builder
-            .event_format(TextLine {
-                ansi: std::io::stderr().is_terminal(),
-            })
-            .init(),
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal();
+            builder.event_format(TextLine { ansi }).init();
+            access::write_text_directly(ansi);
+        }
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
@@ -76,24 +82,13 @@ where
         // target and level in normalized metadata.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        write_timestamp(&mut writer, SystemTime::now())?;
-        let level = match *meta.level() {
-            Level::ERROR => ("ERROR", "\x1b[31m"),
-            Level::WARN => (" WARN", "\x1b[33m"),
-            Level::INFO => (" INFO", "\x1b[32m"),
-            Level::DEBUG => ("DEBUG", "\x1b[34m"),
-            Level::TRACE => ("TRACE", "\x1b[35m"),
-        };
-        if self.ansi {
-            writer.write_str(level.1)?;
-            writer.write_str(level.0)?;
-            writer.write_str("\x1b[0m ")?;
-        } else {
-            writer.write_str(level.0)?;
-            writer.write_char(' ')?;
-        }
-        writer.write_str(meta.target())?;
-        writer.write_char(':')?;
+        write_prefix(
+            &mut writer,
+            SystemTime::now(),
+            *meta.level(),
+            self.ansi,
+            meta.target(),
+        )?;
         let mut fields = Fields {
             writer: &mut writer,
             result: Ok(()),
@@ -104,11 +99,66 @@ where
     }
 }
 
+/// `2026-11-27T21:00:09.432836Z  INFO hookgate::access:`, the level
+/// coloured when `ansi`.
+fn write_prefix(
+    writer: &mut impl fmt::Write,
+    now: SystemTime,
+    level: Level,
+    ansi: bool,
+    target: &str,
+) -> fmt::Result {
+    write_timestamp(writer, now)?;
+    let level = match level {
+        Level::ERROR => ("ERROR", "\x1b[31m"),
+        Level::WARN => (" WARN", "\x1b[33m"),
+        Level::INFO => (" INFO", "\x1b[32m"),
+        Level::DEBUG => ("DEBUG", "\x1b[34m"),
+        Level::TRACE => ("TRACE", "\x1b[35m"),
+    };
+    if ansi {
+        writer.write_str(level.1)?;
+        writer.write_str(level.0)?;
+        writer.write_str("\x1b[0m ")?;
+    } else {
+        writer.write_str(level.0)?;
+        writer.write_char(' ')?;
+    }
+    writer.write_str(target)?;
+    writer.write_char(':')
+}
+
+/// ` name=`: how every field but the message starts.
+fn write_name(writer: &mut impl fmt::Write, name: &str) -> fmt::Result {
+    writer.write_char(' ')?;
+    writer.write_str(name)?;
+    writer.write_char('=')
+}
+
+/// A string value bare when it is one non-empty token that cannot be
+/// mistaken for another field (no space, quote, backslash or `=`);
+/// otherwise quoted and escaped as Rust's `Debug` does.
+fn write_str_value(writer: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=');
+    if plain {
+        writer.write_str(value)
+    } else {
+        write!(writer, "{value:?}")
+    }
+}
+
+fn write_u64_value(writer: &mut impl fmt::Write, value: u64) -> fmt::Result {
+    writer.write_str(itoa::Buffer::new().format(value))
+}
+
 /// `2026-11-27T21:00:09.432836Z `: RFC 3339 in UTC with microseconds.
 /// The date and time of day are formatted once per second per thread
 /// (humantime's formatter does the calendar arithmetic on every call);
 /// only the microseconds are written per line.
-fn write_timestamp(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
+fn write_timestamp(writer: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
     thread_local! {
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
@@ -151,9 +201,7 @@ impl Fields<'_, '_> {
         if field.name() == "message" {
             self.writer.write_char(' ')
         } else {
-            self.writer.write_char(' ')?;
-            self.writer.write_str(field.name())?;
-            self.writer.write_char('=')
+            write_name(self.writer, field.name())
         }
     }
 }
@@ -164,15 +212,10 @@ impl Visit for Fields<'_, '_> {
             return;
         }
         self.result = self.name(field).and_then(|()| {
-            let plain = field.name() == "message"
-                || (!value.is_empty()
-                    && value
-                        .bytes()
-                        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'='));
-            if plain {
+            if field.name() == "message" {
                 self.writer.write_str(value)
             } else {
-                write!(self.writer, "{value:?}")
+                write_str_value(self.writer, value)
             }
         });
     }
@@ -183,7 +226,7 @@ impl Visit for Fields<'_, '_> {
         }
         self.result = self
             .name(field)
-            .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
+            .and_then(|()| write_u64_value(self.writer, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -220,7 +263,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct Buf(pub(super) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -234,7 +277,7 @@ mod tests {
 
     fn timestamp(t: SystemTime) -> String {
         let mut out = String::new();
-        write_timestamp(&mut Writer::new(&mut out), t).unwrap();
+        write_timestamp(&mut out, t).unwrap();
         out
     }
 

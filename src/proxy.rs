@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::body::{self, BodyError};
 use crate::config::{Config, Delivery, Route};
 use crate::headers::{self, Forwarding};
+use crate::logging::AccessLine;
 use crate::metrics::{Metrics, RouteMetrics, SpoolRouteMetrics};
 pub use crate::outcome::Outcome;
 use crate::replay::{self, Claim, MemoryStore, Repeat, ReplayStore, Verified};
@@ -342,18 +343,18 @@ impl Exchange {
                 }
             }
         }
-        tracing::info!(
-            target: "hookgate::access",
-            route = self.route.as_ref().map_or("-", |r| r.name.as_str()),
-            method = self.method.as_str(),
-            status = self.status.as_u16(),
-            outcome = self.outcome.as_str(),
-            body_bytes = self.body_bytes.unwrap_or(0),
-            duration_us = micros(duration),
-            upstream_us = self.upstream_time.map(micros),
-            peer = self.conn.peer_text.as_str(),
-            protocol = protocol(self.version),
-        );
+        AccessLine {
+            route: self.route.as_ref().map_or("-", |r| r.name.as_str()),
+            method: self.method.as_str(),
+            status: self.status.as_u16(),
+            outcome: self.outcome.as_str(),
+            body_bytes: self.body_bytes.unwrap_or(0),
+            duration_us: micros(duration),
+            upstream_us: self.upstream_time.map(micros),
+            peer: self.conn.peer_text.as_str(),
+            protocol: protocol(self.version),
+        }
+        .emit();
     }
 }
 
