@@ -139,16 +139,27 @@ fn write_name(writer: &mut impl fmt::Write, name: &str) -> fmt::Result {
 /// mistaken for another field (no space, quote, backslash or `=`);
 /// otherwise quoted and escaped as Rust's `Debug` does.
 fn write_str_value(writer: &mut impl fmt::Write, value: &str) -> fmt::Result {
-    let plain = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=');
+    let plain = !value.is_empty() && value.bytes().all(|b| PLAIN[usize::from(b)]);
     if plain {
         writer.write_str(value)
     } else {
         write!(writer, "{value:?}")
     }
 }
+
+/// The bytes a bare value may hold: ASCII graphic, but not `"`, `\` or
+/// `=`. A table because every string field of every access line is
+/// checked byte by byte.
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' && byte != b'=';
+        b += 1;
+    }
+    table
+};
 
 fn write_u64_value(writer: &mut impl fmt::Write, value: u64) -> fmt::Result {
     writer.write_str(itoa::Buffer::new().format(value))
@@ -164,24 +175,37 @@ fn write_timestamp(writer: &mut impl fmt::Write, now: SystemTime) -> fmt::Result
     }
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let (secs, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
-    SECOND.with_borrow_mut(|(cached, prefix)| {
+    // Without the cache (a thread being torn down) the line is still
+    // written, not a panic.
+    let cached = SECOND.try_with(|second| {
+        let mut second = second.try_borrow_mut().ok()?;
+        let (cached, prefix) = &mut *second;
         if *cached != secs {
-            // "2026-11-27T21:00:09Z" without the Z.
-            let whole = UNIX_EPOCH + Duration::from_secs(secs);
-            *prefix = humantime::format_rfc3339_seconds(whole).to_string();
-            prefix.pop();
+            *prefix = date_and_time(secs);
             *cached = secs;
         }
-        writer.write_str(prefix)
-    })?;
-    let mut tail = *b".000000Z ";
-    let mut rest = micros;
-    for digit in tail[1..7].iter_mut().rev() {
-        *digit = b'0' + (rest % 10) as u8;
-        rest /= 10;
+        Some(writer.write_str(prefix))
+    });
+    match cached {
+        Ok(Some(written)) => written?,
+        _ => writer.write_str(&date_and_time(secs))?,
     }
-    // ASCII digits and punctuation only.
-    writer.write_str(std::str::from_utf8(&tail).map_err(|_| fmt::Error)?)
+    // One more digit than the six, dropped again: the leading zeros.
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(1_000_000 + micros);
+    writer.write_str(digits.get(1..).unwrap_or(digits))?;
+    writer.write_str("Z ")
+}
+
+/// `2026-11-27T21:00:09.`: the part of a timestamp that changes once a
+/// second.
+fn date_and_time(secs: u64) -> String {
+    let whole = UNIX_EPOCH + Duration::from_secs(secs);
+    let mut text = humantime::format_rfc3339_seconds(whole).to_string();
+    // "…:09Z" → "…:09."
+    text.pop();
+    text.push('.');
+    text
 }
 
 /// Writes ` name=value` for each field; the message bare.
