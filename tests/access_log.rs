@@ -97,3 +97,212 @@ async fn one_line_per_request_without_secrets() {
         assert!(!everything.contains(forbidden), "log leaks {forbidden}");
     }
 }
+
+/// SIGTERMs a [`Running`] gateway, expects exit 0, and returns every
+/// stderr line it wrote (read to the end, so nothing is still on its way).
+fn stop_and_read(running: Running) -> Vec<String> {
+    let Running {
+        mut child,
+        lines,
+        seen: mut all,
+        ..
+    } = running;
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    all.extend(lines.map_while(Result::ok));
+    all
+}
+
+/// Route `a` in shadow mode, `b` enforcing; admin on port 0.
+fn shadow_config(dir: &std::path::Path, upstream: &Upstream) -> std::path::PathBuf {
+    let path = dir.join("hookgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            two_routes(upstream.addr, "enforce = false")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Sends a forwarded request (a), a shadow failure (a, wrong key: a warn
+/// line), a refused one (b, 401) and an unmatched one (404).
+async fn four_requests(addr: std::net::SocketAddr) -> usize {
+    let body = b"{\"event\":\"generation.completed\"}";
+    let good = sign(SECRET_A, body);
+    let wrong = sign(SECRET_B, body);
+    for (path, sig, status) in [
+        ("/webhooks/a", &good, 201),
+        ("/webhooks/a", &wrong, 201),
+        ("/webhooks/b", &good, 401),
+        ("/elsewhere", &good, 404),
+    ] {
+        let (r, _) = raw(addr, &post(path, Some(sig), body, "")).await;
+        assert_eq!(r.status, status, "{path}");
+    }
+    body.len()
+}
+
+/// `token` is ` name=value` in `line`: the value.
+fn field<'l>(line: &'l str, name: &str) -> &'l str {
+    let start = format!(" {name}=");
+    let at = line
+        .find(&start)
+        .unwrap_or_else(|| panic!("{name} in {line}"));
+    let value = &line[at + start.len()..];
+    value.split(' ').next().unwrap()
+}
+
+/// The text format's access lines, as the binary writes them: timestamp,
+/// level, target and every field in order, byte for byte (only the
+/// timestamp, durations and peer vary; they are read back and checked for
+/// their form). The same layout the tracing formatter produced.
+#[tokio::test]
+async fn text_access_lines_from_the_binary() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = shadow_config(dir.path(), &upstream);
+    let running = spawn_run_text(
+        &path,
+        &[
+            ("SECRET_A", SECRET_A),
+            ("SECRET_B", SECRET_B),
+            ("HOOKGATE_LOG", "info"),
+        ],
+    );
+    let addr = running.addr;
+    let len = four_requests(addr).await;
+    let all = stop_and_read(running);
+
+    let access: Vec<&String> = all
+        .iter()
+        .filter(|l| l.contains(" hookgate::access: "))
+        .collect();
+    assert_eq!(access.len(), 4, "{all:#?}");
+    let expect = [
+        ("a", 201, "forwarded", len, true),
+        ("a", 201, "shadow_invalid", len, true),
+        ("b", 401, "signature_invalid", len, false),
+        ("-", 404, "unmatched", 0, false),
+    ];
+    for (line, (route, status, outcome, bytes, upstream_asked)) in access.iter().zip(expect) {
+        let (stamp, _) = line.split_once(' ').unwrap();
+        assert!(stamp.len() == 27, "{line}");
+        humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let duration: u64 = field(line, "duration_us").parse().unwrap();
+        let peer = field(line, "peer");
+        let client: std::net::SocketAddr = peer.parse().unwrap();
+        assert!(client.ip().is_loopback(), "{line}");
+        let upstream_us = if upstream_asked {
+            let us: u64 = field(line, "upstream_us").parse().unwrap();
+            format!(" upstream_us={us}")
+        } else {
+            assert!(!line.contains("upstream_us"), "{line}");
+            String::new()
+        };
+        assert_eq!(
+            line.as_str(),
+            format!(
+                "{stamp}  INFO hookgate::access: route={route} method=POST status={status} \
+                 outcome={outcome} body_bytes={bytes} duration_us={duration}{upstream_us} \
+                 peer={peer} protocol=HTTP/1.1"
+            )
+        );
+    }
+}
+
+/// `HOOKGATE_LOG` still decides about the text access line: at `warn`
+/// (the serving line kept so the test can find the port) no access line,
+/// while the shadow route's warn line is there; `hookgate::access=off`
+/// turns off just the access lines.
+#[tokio::test]
+async fn log_filter_decides_about_text_access_lines() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = shadow_config(dir.path(), &upstream);
+    for filter in ["warn,hookgate::cli=info", "info,hookgate::access=off"] {
+        let running = spawn_run_text(
+            &path,
+            &[
+                ("SECRET_A", SECRET_A),
+                ("SECRET_B", SECRET_B),
+                ("HOOKGATE_LOG", filter),
+            ],
+        );
+        four_requests(running.addr).await;
+        let all = stop_and_read(running);
+        assert!(
+            !all.iter().any(|l| l.contains("hookgate::access")),
+            "{filter}: {all:#?}"
+        );
+        assert!(
+            all.iter()
+                .any(|l| l.contains(" WARN hookgate::proxy: shadow mode")),
+            "{filter}: {all:#?}"
+        );
+        // Info lines of other targets: there with `info`, gone with `warn`.
+        let drained = all
+            .iter()
+            .any(|l| l.contains(" INFO hookgate::server: drained"));
+        assert_eq!(drained, filter.starts_with("info"), "{filter}: {all:#?}");
+    }
+}
+
+/// The JSON format's access line, byte for byte: the same keys in the same
+/// order as before the text format stopped going through tracing
+/// (`upstream_us` left out when the upstream was not asked).
+#[tokio::test]
+async fn json_access_lines_keep_their_layout() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = shadow_config(dir.path(), &upstream);
+    let running = spawn_run(
+        &path,
+        &[
+            ("SECRET_A", SECRET_A),
+            ("SECRET_B", SECRET_B),
+            ("HOOKGATE_LOG", "info"),
+        ],
+    );
+    let len = four_requests(running.addr).await;
+    let all = stop_and_read(running);
+
+    let access: Vec<&String> = all
+        .iter()
+        .filter(|l| l.contains("\"target\":\"hookgate::access\""))
+        .collect();
+    assert_eq!(access.len(), 4, "{all:#?}");
+    let expect = [
+        ("a", 201, "forwarded", len, true),
+        ("a", 201, "shadow_invalid", len, true),
+        ("b", 401, "signature_invalid", len, false),
+        ("-", 404, "unmatched", 0, false),
+    ];
+    for (line, (route, status, outcome, bytes, upstream_asked)) in access.iter().zip(expect) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let stamp = v["timestamp"].as_str().unwrap();
+        humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let duration = v["duration_us"].as_u64().unwrap();
+        let peer = v["peer"].as_str().unwrap();
+        let upstream_us = if upstream_asked {
+            format!(",\"upstream_us\":{}", v["upstream_us"].as_u64().unwrap())
+        } else {
+            String::new()
+        };
+        assert_eq!(
+            line.as_str(),
+            format!(
+                "{{\"timestamp\":\"{stamp}\",\"level\":\"INFO\",\"route\":\"{route}\",\
+                 \"method\":\"POST\",\"status\":{status},\"outcome\":\"{outcome}\",\
+                 \"body_bytes\":{bytes},\"duration_us\":{duration}{upstream_us},\
+                 \"peer\":\"{peer}\",\"protocol\":\"HTTP/1.1\",\"target\":\"hookgate::access\"}}"
+            )
+        );
+    }
+}

@@ -824,7 +824,8 @@ pub fn write_cert(dir: &Path, name: &str, not_after: (i32, u8, u8)) -> CertFiles
 // ---------------------------------------------------------------------------
 // The real binary.
 
-/// A `hookgate run --log-format json` process that is listening.
+/// A `hookgate run --log-format json` process that is listening (text
+/// logs when started by [`spawn_run_text`]).
 pub struct Running {
     pub child: std::process::Child,
     /// The bound data-plane address, from the "hookgate serving" line.
@@ -855,6 +856,21 @@ pub fn spawn_run(config: &Path, env: &[(&str, &str)]) -> Running {
 /// Like [`spawn_run`], started through `wrapper` (a command that execs its
 /// arguments, e.g. `prlimit --fsize=...`), so the gateway keeps the pid.
 pub fn spawn_run_via(wrapper: &[&str], config: &Path, env: &[(&str, &str)]) -> Running {
+    spawn_run_as("json", wrapper, config, env)
+}
+
+/// Like [`spawn_run`] with `--log-format text`, what an operator reading
+/// stderr (or journald) sees.
+pub fn spawn_run_text(config: &Path, env: &[(&str, &str)]) -> Running {
+    spawn_run_as("text", &[], config, env)
+}
+
+fn spawn_run_as(
+    log_format: &str,
+    wrapper: &[&str],
+    config: &Path,
+    env: &[(&str, &str)],
+) -> Running {
     use std::io::BufRead;
     let bin = hookgate_bin();
     let mut command = match wrapper.split_first() {
@@ -866,7 +882,7 @@ pub fn spawn_run_via(wrapper: &[&str], config: &Path, env: &[(&str, &str)]) -> R
         }
     };
     let mut child = command
-        .args(["run", "--log-format", "json", "--config"])
+        .args(["run", "--log-format", log_format, "--config"])
         .arg(config)
         .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
@@ -881,8 +897,16 @@ pub fn spawn_run_via(wrapper: &[&str], config: &Path, env: &[(&str, &str)]) -> R
             .unwrap();
         seen.push(line.clone());
         if line.contains("hookgate serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            let addr = |key: &str| v[key].as_str().unwrap().parse().unwrap();
+            let addr = |key: &str| -> SocketAddr {
+                if log_format == "json" {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    v[key].as_str().unwrap().parse().unwrap()
+                } else {
+                    let field = format!("{key}=");
+                    let value = line.split(' ').find_map(|t| t.strip_prefix(&field));
+                    value.unwrap().parse().unwrap()
+                }
+            };
             break (addr("listen"), addr("admin"));
         }
     };
