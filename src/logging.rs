@@ -5,12 +5,10 @@
 //! writes a line for every request, and the stock formatter's colour
 //! handling and float/Debug formatting cost more CPU than the rest of the
 //! request path's bookkeeping. JSON uses tracing-subscriber's own encoder.
-//! The access line itself skips tracing's event path in the text format
-//! ([`access`]); it is written with the same functions as [`TextLine`].
+//! The access line skips tracing's event path in the text format
+//! ([`access`]), written with the same functions as [`TextLine`].
 
-mod access;
-
-pub use access::AccessLine;
+pub mod access;
 
 use std::cell::RefCell;
 use std::fmt;

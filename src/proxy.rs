@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::body::{self, BodyError};
 use crate::config::{Config, Delivery, Route};
 use crate::headers::{self, Forwarding};
-use crate::logging::AccessLine;
+use crate::logging::access::AccessLine;
 use crate::metrics::{Metrics, RouteMetrics, SpoolRouteMetrics};
 pub use crate::outcome::Outcome;
 use crate::replay::{self, Claim, MemoryStore, Repeat, ReplayStore, Verified};

@@ -1,17 +1,18 @@
 //! The access-log line: one per request, so its cost is paid at every
 //! request rate.
 //!
-//! Through `tracing::info!` the line cost ~3.5k instructions (callgrind, a
-//! 1 KiB request): the event is dispatched through the subscriber's layers,
-//! formatted into the fmt layer's buffer by visiting its nine fields as
-//! `dyn Value`, then written. In the text format this module formats the
-//! same bytes from plain data instead, with [`TextLine`](super::TextLine)'s
-//! own functions, into a reused buffer, and writes them to stderr with one
-//! `write_all` (one line never interleaves with another). Whether the line
-//! is wanted is still tracing's decision (`HOOKGATE_LOG`), asked through
-//! its cached callsite check. The JSON format, and a process that never
-//! called [`init`](super::init) (tests, embedders with their own
-//! subscriber), keep the tracing event.
+//! Through `tracing::info!` the line cost ~3.5k instructions per request
+//! (callgrind, 1 KiB requests): the event is dispatched through the
+//! subscriber's layers and formatted into the fmt layer's buffer by
+//! visiting its nine fields as `dyn Value`. In the text format this module
+//! writes the same bytes from plain data instead (~1.3k): the timestamp and
+//! the values through the functions [`TextLine`](super::TextLine) uses,
+//! into a reused buffer, then to stderr with one `write_all`, so a line
+//! never interleaves with another. Whether the line is wanted is still
+//! tracing's decision (`HOOKGATE_LOG`), asked through its cached callsite
+//! check (~130 instructions). The JSON format, and a process that never
+//! called [`init`](super::init) (the in-process tests, an embedder with its
+//! own subscriber), keep the tracing event.
 
 use std::cell::RefCell;
 use std::fmt;
