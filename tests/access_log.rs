@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -98,28 +99,19 @@ async fn one_line_per_request_without_secrets() {
     }
 }
 
-/// SIGTERMs a [`Running`] gateway, expects exit 0, and returns every
-/// stderr line it wrote (read to the end, so nothing is still on its way).
-fn stop_and_read(running: Running) -> Vec<String> {
-    let Running {
-        mut child,
-        lines,
-        seen: mut all,
-        ..
-    } = running;
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    all.extend(lines.map_while(Result::ok));
-    all
-}
-
-/// Route `a` in shadow mode, `b` enforcing; admin on port 0.
-fn shadow_config(dir: &std::path::Path, upstream: &Upstream) -> std::path::PathBuf {
-    let path = dir.join("hookgate.toml");
+/// The binary on a config with route `a` in shadow mode and `b`
+/// enforcing, started by `spawn` (the JSON or text format) with
+/// `HOOKGATE_LOG=filter`. Sends a forwarded request (a), a shadow failure
+/// (a, wrong key: a warn line), a refused one (b, 401) and an unmatched one
+/// (404), stops it (SIGTERM, exit 0) and returns every stderr line, read to
+/// the end, with the body's length.
+async fn four_requests(
+    spawn: fn(&Path, &[(&str, &str)]) -> Running,
+    filter: &str,
+) -> (Vec<String>, usize) {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
     std::fs::write(
         &path,
         format!(
@@ -128,12 +120,20 @@ fn shadow_config(dir: &std::path::Path, upstream: &Upstream) -> std::path::PathB
         ),
     )
     .unwrap();
-    path
-}
-
-/// Sends a forwarded request (a), a shadow failure (a, wrong key: a warn
-/// line), a refused one (b, 401) and an unmatched one (404).
-async fn four_requests(addr: std::net::SocketAddr) -> usize {
+    let Running {
+        mut child,
+        addr,
+        lines,
+        seen: mut all,
+        ..
+    } = spawn(
+        &path,
+        &[
+            ("SECRET_A", SECRET_A),
+            ("SECRET_B", SECRET_B),
+            ("HOOKGATE_LOG", filter),
+        ],
+    );
     let body = b"{\"event\":\"generation.completed\"}";
     let good = sign(SECRET_A, body);
     let wrong = sign(SECRET_B, body);
@@ -146,8 +146,24 @@ async fn four_requests(addr: std::net::SocketAddr) -> usize {
         let (r, _) = raw(addr, &post(path, Some(sig), body, "")).await;
         assert_eq!(r.status, status, "{path}");
     }
-    body.len()
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    all.extend(lines.map_while(Result::ok));
+    (all, body.len())
 }
+
+/// The access lines [`four_requests`] leads to: route, status, outcome,
+/// whether the body was read, whether the upstream was asked.
+const FOUR_LINES: [(&str, u16, &str, bool, bool); 4] = [
+    ("a", 201, "forwarded", true, true),
+    ("a", 201, "shadow_invalid", true, true),
+    ("b", 401, "signature_invalid", true, false),
+    ("-", 404, "unmatched", false, false),
+];
 
 /// `token` is ` name=value` in `line`: the value.
 fn field<'l>(line: &'l str, name: &str) -> &'l str {
@@ -165,36 +181,17 @@ fn field<'l>(line: &'l str, name: &str) -> &'l str {
 /// their form). The same layout the tracing formatter produced.
 #[tokio::test]
 async fn text_access_lines_from_the_binary() {
-    let upstream = Upstream::start(Behaviour::Respond).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = shadow_config(dir.path(), &upstream);
-    let running = spawn_run_text(
-        &path,
-        &[
-            ("SECRET_A", SECRET_A),
-            ("SECRET_B", SECRET_B),
-            ("HOOKGATE_LOG", "info"),
-        ],
-    );
-    let addr = running.addr;
-    let len = four_requests(addr).await;
-    let all = stop_and_read(running);
-
+    let (all, len) = four_requests(spawn_run_text, "info").await;
     let access: Vec<&String> = all
         .iter()
         .filter(|l| l.contains(" hookgate::access: "))
         .collect();
     assert_eq!(access.len(), 4, "{all:#?}");
-    let expect = [
-        ("a", 201, "forwarded", len, true),
-        ("a", 201, "shadow_invalid", len, true),
-        ("b", 401, "signature_invalid", len, false),
-        ("-", 404, "unmatched", 0, false),
-    ];
-    for (line, (route, status, outcome, bytes, upstream_asked)) in access.iter().zip(expect) {
+    for (line, (route, status, outcome, read, upstream_asked)) in access.iter().zip(FOUR_LINES) {
         let (stamp, _) = line.split_once(' ').unwrap();
         assert!(stamp.len() == 27, "{line}");
         humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let bytes = if read { len } else { 0 };
         let duration: u64 = field(line, "duration_us").parse().unwrap();
         let peer = field(line, "peer");
         let client: std::net::SocketAddr = peer.parse().unwrap();
@@ -223,20 +220,8 @@ async fn text_access_lines_from_the_binary() {
 /// turns off just the access lines.
 #[tokio::test]
 async fn log_filter_decides_about_text_access_lines() {
-    let upstream = Upstream::start(Behaviour::Respond).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = shadow_config(dir.path(), &upstream);
     for filter in ["warn,hookgate::cli=info", "info,hookgate::access=off"] {
-        let running = spawn_run_text(
-            &path,
-            &[
-                ("SECRET_A", SECRET_A),
-                ("SECRET_B", SECRET_B),
-                ("HOOKGATE_LOG", filter),
-            ],
-        );
-        four_requests(running.addr).await;
-        let all = stop_and_read(running);
+        let (all, _) = four_requests(spawn_run_text, filter).await;
         assert!(
             !all.iter().any(|l| l.contains("hookgate::access")),
             "{filter}: {all:#?}"
@@ -259,35 +244,17 @@ async fn log_filter_decides_about_text_access_lines() {
 /// (`upstream_us` left out when the upstream was not asked).
 #[tokio::test]
 async fn json_access_lines_keep_their_layout() {
-    let upstream = Upstream::start(Behaviour::Respond).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = shadow_config(dir.path(), &upstream);
-    let running = spawn_run(
-        &path,
-        &[
-            ("SECRET_A", SECRET_A),
-            ("SECRET_B", SECRET_B),
-            ("HOOKGATE_LOG", "info"),
-        ],
-    );
-    let len = four_requests(running.addr).await;
-    let all = stop_and_read(running);
-
+    let (all, len) = four_requests(spawn_run, "info").await;
     let access: Vec<&String> = all
         .iter()
         .filter(|l| l.contains("\"target\":\"hookgate::access\""))
         .collect();
     assert_eq!(access.len(), 4, "{all:#?}");
-    let expect = [
-        ("a", 201, "forwarded", len, true),
-        ("a", 201, "shadow_invalid", len, true),
-        ("b", 401, "signature_invalid", len, false),
-        ("-", 404, "unmatched", 0, false),
-    ];
-    for (line, (route, status, outcome, bytes, upstream_asked)) in access.iter().zip(expect) {
+    for (line, (route, status, outcome, read, upstream_asked)) in access.iter().zip(FOUR_LINES) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let stamp = v["timestamp"].as_str().unwrap();
         humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let bytes = if read { len } else { 0 };
         let duration = v["duration_us"].as_u64().unwrap();
         let peer = v["peer"].as_str().unwrap();
         let upstream_us = if upstream_asked {

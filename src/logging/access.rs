@@ -190,6 +190,16 @@ mod tests {
         protocol: "HTTP/1.1",
     };
 
+    /// A 404: no route, the body not read, the upstream not asked.
+    const UNMATCHED: AccessLine<'static> = AccessLine {
+        route: "-",
+        status: 404,
+        outcome: "unmatched",
+        body_bytes: 0,
+        upstream_us: None,
+        ..FORWARDED
+    };
+
     /// For every outcome, with and without the upstream's time, coloured or
     /// not, and for route names, methods and peers that need quoting or
     /// escaping: the direct writer's bytes are the tracing path's, with
@@ -204,15 +214,7 @@ mod tests {
                 upstream_us: None,
                 ..FORWARDED
             },
-            // 404: no route.
-            AccessLine {
-                route: "-",
-                status: 404,
-                outcome: "unmatched",
-                body_bytes: 0,
-                upstream_us: None,
-                ..FORWARDED
-            },
+            UNMATCHED,
             // An upstream that failed after 5 s.
             AccessLine {
                 status: 504,
@@ -263,16 +265,7 @@ mod tests {
     fn text_line_bytes() {
         let now = humantime::parse_rfc3339("2026-11-27T21:00:09.432836Z").unwrap();
         let mut out = String::new();
-        AccessLine {
-            route: "-",
-            status: 404,
-            outcome: "unmatched",
-            body_bytes: 0,
-            upstream_us: None,
-            ..FORWARDED
-        }
-        .write_text(&mut out, now, false)
-        .unwrap();
+        UNMATCHED.write_text(&mut out, now, false).unwrap();
         assert_eq!(
             out,
             "2026-11-27T21:00:09.432836Z  INFO hookgate::access: route=- method=POST status=404 \
