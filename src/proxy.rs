@@ -343,6 +343,8 @@ impl Exchange {
                 }
             }
         }
+        // Plain data: the text format writes it without tracing's
+        // per-event dispatch (`logging::access` says why).
         AccessLine {
             route: self.route.as_ref().map_or("-", |r| r.name.as_str()),
             method: self.method.as_str(),
