@@ -39,6 +39,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod fields;
 pub mod h1;
 pub mod headers;
 pub mod lifecycle;

@@ -15,6 +15,7 @@
 //! error into a status, an outcome and a log line, through the one exhaustive
 //! match in [`ProxyError::classify`].
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,15 +24,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::body::{self, BodyError};
 use crate::config::{Config, Delivery, Route};
-use crate::headers::{self, Forwarding};
+use crate::fields::Fields;
+use crate::headers::{self, Forwarding, UpstreamHead};
 use crate::logging::access::AccessLine;
 use crate::metrics::{Metrics, RouteMetrics, SpoolRouteMetrics};
 pub use crate::outcome::Outcome;
@@ -243,6 +244,26 @@ impl ConnInfo {
     }
 }
 
+/// A request without its body, as the request path reads it.
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub fields: Fields,
+}
+
+impl RequestHead {
+    /// The head of a request hyper parsed (HTTP/2, HTTP/1 off the fast path).
+    pub fn from_parts(parts: http::request::Parts) -> RequestHead {
+        RequestHead {
+            fields: Fields::from_map(&parts.headers),
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+        }
+    }
+}
+
 /// The gateway's request handler: current state plus what outlives a
 /// reload (the upstream pools, so keep-alive connections survive, and the
 /// metrics).
@@ -273,7 +294,8 @@ struct Kept {
     id: String,
     method: Method,
     target: String,
-    headers: http::HeaderMap,
+    /// The fields as sent, in the spool's encoding (`name: value\r\n`).
+    headers: Vec<u8>,
     frames: body::Frames,
 }
 
@@ -432,7 +454,8 @@ impl Proxy {
     pub async fn handle<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
-        req: Request<B>,
+        head: RequestHead,
+        body: B,
     ) -> Response<ResponseBody>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -443,18 +466,18 @@ impl Proxy {
             _in_flight: InFlight::new(&self.metrics),
             started: Instant::now(),
             conn: conn.clone(),
-            method: req.method().clone(),
-            version: req.version(),
+            method: head.method.clone(),
+            version: head.version,
             route: None,
             body_bytes: None,
-            body_done: req.body().is_end_stream(),
+            body_done: body.is_end_stream(),
             upstream_time: None,
             upstream_status: None,
             status: StatusCode::OK,
             outcome: Outcome::Forwarded,
         };
         let state = ex.state.clone();
-        let (response, body) = match self.handle_inner(&state, &conn, req, &mut ex).await {
+        let (response, body) = match self.handle_inner(&state, &conn, head, body, &mut ex).await {
             Ok(Reply::Upstream(response)) => {
                 let (parts, body) = response.into_parts();
                 (Response::from_parts(parts, ()), Inner::Upstream(body))
@@ -485,22 +508,22 @@ impl Proxy {
         &self,
         state: &State,
         conn: &ConnInfo,
-        req: Request<B>,
+        head: RequestHead,
+        mut body: B,
         ex: &mut Exchange,
     ) -> Result<Reply, ProxyError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (parts, mut body) = req.into_parts();
-        let (host, host_ok) = request_host(&parts);
+        let (host, host_ok) = request_host(&head);
 
         let route = state
             .routes
-            .find(host, parts.uri.path())
+            .find(host, head.uri.path())
             .ok_or(ProxyError::NoRoute)?;
         ex.route = Some(route.clone());
-        if !route.methods.contains(&parts.method) {
+        if !route.methods.contains(&head.method) {
             return Err(ProxyError::MethodNotAllowed);
         }
         if !host_ok {
@@ -508,11 +531,12 @@ impl Proxy {
         }
         // Every header the scheme reads, in every spelling: a look-alike
         // (`_` for `-`) could be read by the app instead of the one verified.
-        if headers::has_lookalike(&parts.headers, route.check.header_names()) {
+        let names = head.fields.iter().map(|(name, _)| name);
+        if headers::has_lookalike(names, route.check.header_names()) {
             return Err(ProxyError::HeaderLookalike);
         }
         let now = scheme::timestamp::now();
-        let mut verifier = match route.check.begin(&parts.headers, parts.uri.query(), now) {
+        let mut verifier = match route.check.begin(&head.fields, head.uri.query(), now) {
             Ok(v) => Some(v),
             Err(e) => {
                 signature_failed(route, e, ex)?;
@@ -537,22 +561,17 @@ impl Proxy {
                     if let Some(m) = state.route_metrics(route) {
                         m.key_matched(verified.key);
                     }
-                    claim = self
-                        .claim_delivery(route, &parts.headers, &verified)
-                        .await?;
+                    claim = self.claim_delivery(route, &head.fields, &verified).await?;
                 }
                 Err(e) => signature_failed(route, e, ex)?,
             }
         }
 
-        let uri = upstream_uri(route, &parts.uri).map_err(ProxyError::UpstreamUri)?;
-        // The Host field's value is shared, not copied; HTTP/2 has :authority instead.
-        let host_value = match parts.headers.get(header::HOST) {
-            Some(v) => Some(v.clone()),
-            None => host.and_then(|h| HeaderValue::from_str(h).ok()),
-        };
+        let target = upstream_target(route, &head.uri).map_err(ProxyError::UpstreamUri)?;
+        // HTTP/2 has :authority instead of a Host field.
+        let host_value = head.fields.get("host").or(host.map(str::as_bytes));
         let forwarding = route.forwarded_headers.then(|| Forwarding {
-            peer: conn.peer_ip.clone(),
+            peer: conn.peer_ip.as_bytes(),
             trusted: state
                 .config
                 .server
@@ -562,19 +581,35 @@ impl Proxy {
             proto: conn.proto,
             host: host_value,
         });
-        let authority = parts.uri.authority().map(|a| a.as_str());
-        let mut headers = headers::upstream_request_headers(
-            parts.headers,
-            route.check.header_names(),
-            forwarding,
-            authority,
-            frames.len(),
-        );
 
         // Spooled routes: one delivery id on every attempt, and a copy of
         // what is sent in case it has to be kept.
         let spooled = self.spool.as_ref().zip(state.spooled(route));
-        let kept = spooled.map(|_| Kept::new(&parts.method, &uri, &mut headers, &frames));
+        let id = spooled.map(|_| spool::new_id());
+        let own_fields;
+        let own: &[(&http::HeaderName, &[u8])] = match &id {
+            Some(id) => {
+                own_fields = [
+                    (&spool::X_HOOKGATE_DELIVERY, id.as_bytes()),
+                    (&spool::X_HOOKGATE_ATTEMPT, &b"1"[..]),
+                ];
+                &own_fields
+            }
+            None => &[],
+        };
+        let upstream_head = UpstreamHead {
+            method: &head.method,
+            target: &target,
+            fields: &head.fields,
+            signature: route.check.header_names(),
+            forwarding,
+            authority: head.uri.authority().map(|a| a.as_str()),
+            content_length: frames.len(),
+            own,
+        };
+        let kept = id
+            .as_ref()
+            .map(|id| Kept::new(id, &head.method, &target, &upstream_head, &frames));
         if let (Some((spool, (_, circuit))), Some(kept)) = (spooled, &kept) {
             // `always`, or the route's circuit is open: keep it, skip the try.
             let skip = match route.delivery {
@@ -588,15 +623,13 @@ impl Proxy {
             }
         }
 
-        let mut upstream_req = Request::new(frames.into_body());
-        *upstream_req.method_mut() = parts.method;
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.version_mut() = Version::HTTP_11;
-        *upstream_req.headers_mut() = headers;
-
         let pool = state.pool(route);
         let sent = Instant::now();
-        let attempt = tokio::time::timeout(route.upstream_timeout, pool.send(upstream_req)).await;
+        let encode = |out: &mut Vec<u8>| {
+            headers::write_upstream_head(out, &upstream_head);
+        };
+        let sending = pool.send_head(&head.method, encode, frames.into_body());
+        let attempt = tokio::time::timeout(route.upstream_timeout, sending).await;
         if let Ok(Ok(_)) = &attempt {
             // Upstream time is the time to response headers: only when some came.
             ex.upstream_time = Some(sent.elapsed());
@@ -638,14 +671,14 @@ impl Proxy {
     async fn claim_delivery(
         &self,
         route: &Route,
-        headers: &http::HeaderMap,
+        headers: &Fields,
         verified: &scheme::Verified,
     ) -> Result<Option<Claim<'_>>, ProxyError> {
         let Some(window) = route.replay_window else {
             return Ok(None);
         };
         let material = match (route.check.delivery_id(headers), verified.timestamp) {
-            (Some(id), _) => Verified::Id(id.as_bytes()),
+            (Some(id), _) => Verified::Id(id),
             (None, Some(t)) => Verified::MacAt(verified.tag.as_slice(), t),
             (None, None) => Verified::Mac(verified.tag.as_slice()),
         };
@@ -690,7 +723,7 @@ impl Proxy {
             received_ms: now,
             method: kept.method.as_str().to_string(),
             target: kept.target.clone(),
-            headers: spool::encode_headers(&kept.headers),
+            headers: kept.headers.clone(),
             body: kept.frames.to_vec(),
             attempts,
             next_attempt_ms: now.saturating_add(wait),
@@ -726,23 +759,22 @@ impl Proxy {
 }
 
 impl Kept {
-    /// Gives the request its delivery id (attempt 1) and keeps a copy.
+    /// Keeps a copy of the request as it is sent (with its delivery id
+    /// and attempt 1 among the fields).
     fn new(
+        id: &str,
         method: &Method,
-        uri: &Uri,
-        headers: &mut http::HeaderMap,
+        target: &str,
+        head: &UpstreamHead<'_>,
         frames: &body::Frames,
     ) -> Kept {
-        let id = spool::new_id();
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            headers.insert(&spool::X_HOOKGATE_DELIVERY, v);
-        }
-        headers.insert(&spool::X_HOOKGATE_ATTEMPT, HeaderValue::from_static("1"));
+        let mut encoded = Vec::new();
+        let fields = headers::write_upstream_head(&mut encoded, head);
         Kept {
-            id,
+            id: id.to_string(),
             method: method.clone(),
-            target: uri.to_string(),
-            headers: headers.clone(),
+            target: target.to_string(),
+            headers: encoded[fields].to_vec(),
             frames: frames.clone(),
         }
     }
@@ -836,22 +868,21 @@ fn protocol(version: Version) -> &'static str {
 /// The host a request is for, and whether its Host is acceptable: HTTP/1.1
 /// needs exactly one valid Host (RFC 9112 §3.2); HTTP/1.0 may omit it;
 /// HTTP/2 carries it as `:authority` (or Host).
-fn request_host(parts: &Parts) -> (Option<&str>, bool) {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
+fn request_host(head: &RequestHead) -> (Option<&str>, bool) {
+    let mut hosts = head.fields.get_all("host");
     let first = hosts.next();
     let duplicated = hosts.next().is_some();
     let from_header = first
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| std::str::from_utf8(v).ok())
         .filter(|h| valid_host(h));
     let host = from_header.or_else(|| {
-        parts
-            .uri
+        head.uri
             .authority()
             .map(|a| a.as_str())
             .filter(|h| valid_host(h))
     });
     let ok = !duplicated
-        && match (parts.version, first) {
+        && match (head.version, first) {
             (_, Some(_)) => from_header.is_some(),
             (Version::HTTP_11, None) => false,
             (Version::HTTP_2 | Version::HTTP_3, None) => host.is_some(),
@@ -914,20 +945,18 @@ fn valid_port(h: &str) -> bool {
         && port.parse::<u32>().is_ok_and(|p| p <= 65535)
 }
 
-/// The upstream request target in origin form (hyper's connection API
-/// writes the URI as given): the request's path and query, or the route's
-/// fixed path plus the request's query.
-fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, http::Error> {
-    let path_and_query = match (&route.upstream.fixed_path, uri.query()) {
-        (None, _) => uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        (Some(fixed), None) => fixed.clone(),
-        (Some(fixed), Some(query)) => PathAndQuery::try_from(format!("{}?{query}", fixed.path()))
-            .map_err(http::Error::from)?,
-    };
-    Ok(Uri::from(path_and_query))
+/// The upstream request target in origin form: the request's path and
+/// query, or the route's fixed path plus the request's query.
+fn upstream_target<'a>(route: &'a Route, uri: &'a Uri) -> Result<Cow<'a, str>, http::Error> {
+    Ok(match (&route.upstream.fixed_path, uri.query()) {
+        (None, _) => Cow::Borrowed(uri.path_and_query().map_or("/", |pq| pq.as_str())),
+        (Some(fixed), None) => Cow::Borrowed(fixed.as_str()),
+        (Some(fixed), Some(query)) => {
+            let joined = PathAndQuery::try_from(format!("{}?{query}", fixed.path()))
+                .map_err(http::Error::from)?;
+            Cow::Owned(joined.as_str().to_string())
+        }
+    })
 }
 
 /// Marks the gateway's 200 to a repeat of a recorded delivery.

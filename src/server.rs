@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::h1;
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, Proxy, RequestHead};
 use crate::read_ahead::ReadAhead;
 use crate::send_timeout::SendTimeout;
 use crate::streams::{self, Counted, OpenStream, Streams};
@@ -286,7 +286,9 @@ fn service(
         let conn = conn.clone();
         let open = streams.as_ref().map(OpenStream::new);
         async move {
-            let response = proxy.handle(conn, req).await;
+            let (parts, body) = req.into_parts();
+            let head = RequestHead::from_parts(parts);
+            let response = proxy.handle(conn, head, body).await;
             Ok::<_, Infallible>(response.map(|body| Counted { body, open }))
         }
     })

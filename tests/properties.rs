@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use hookgate::config::{mask_userinfo, Config};
-use hookgate::headers::{self, Forwarding};
+use hookgate::fields::Fields;
+use hookgate::headers::{self, Forwarding, UpstreamHead};
 use hookgate::proxy::valid_host;
 use hookgate::scheme::{self, presets, Algorithm, Field, Key, MacKey, SignatureCheck, VerifyError};
 
@@ -228,10 +229,25 @@ fn header_value() -> impl Strategy<Value = HeaderValue> {
     .prop_map(|v| HeaderValue::from_bytes(&v).unwrap())
 }
 
+/// The fields in the order given, as the HTTP/1.1 fast path hands them
+/// to the proxy.
+fn arrival_order(fields: &[(HeaderName, HeaderValue)]) -> Fields {
+    let mut buf = Vec::new();
+    let mut at = Vec::new();
+    for (n, v) in fields {
+        let ns = buf.len() as u32;
+        buf.extend_from_slice(n.as_str().as_bytes());
+        let vs = buf.len() as u32;
+        buf.extend_from_slice(v.as_bytes());
+        at.push(((ns, vs), (vs, buf.len() as u32)));
+    }
+    Fields::new(bytes::Bytes::from(buf), at)
+}
+
 proptest! {
     #![proptest_config(config(1000))]
 
-    /// Any client header map: the upstream headers carry no hop-by-hop
+    /// Any client header fields: the upstream headers carry no hop-by-hop
     /// field, exactly one Content-Length (the bytes read), the signature
     /// field(s) unchanged, exactly one gateway-set X-Forwarded-For/-Proto
     /// for an untrusted peer, and every other end-to-end field kept.
@@ -245,32 +261,42 @@ proptest! {
         for (n, v) in &fields {
             map.append(n, v.clone());
         }
+        let client = arrival_order(&fields);
         let signature = adsumo_header();
         let sent_sig: Vec<HeaderValue> = map.get_all(&signature).iter().cloned().collect();
-        let lookalike = headers::has_lookalike(&map, std::slice::from_ref(&signature));
+        let lookalike = headers::has_lookalike(client.iter().map(|(n, _)| n), std::slice::from_ref(&signature));
         prop_assert_eq!(
             lookalike,
             fields.iter().any(|(n, _)| n.as_str().starts_with("x_adsumo") || n.as_str() == "x-adsumo_signature")
         );
-        let out = headers::upstream_request_headers(
-            map,
-            std::slice::from_ref(&signature),
-            Some(Forwarding {
-                peer: HeaderValue::from_static("192.0.2.7"),
+        let mut encoded = Vec::new();
+        let range = headers::write_upstream_head(&mut encoded, &UpstreamHead {
+            method: &http::Method::POST,
+            target: "/hook",
+            fields: &client,
+            signature: std::slice::from_ref(&signature),
+            forwarding: Some(Forwarding {
+                peer: b"192.0.2.7",
                 trusted,
                 proto: "https",
-                host: Some(HeaderValue::from_static("hooks.test")),
+                host: Some(b"hooks.test"),
             }),
-            Some("hooks.test"),
-            u64::from(length),
-        );
+            authority: Some("hooks.test"),
+            content_length: u64::from(length),
+            own: &[],
+        });
+        let out = hookgate::spool::decode_headers(&encoded[range]).unwrap();
         for hop in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect"] {
             prop_assert!(!out.contains_key(hop), "{} forwarded", hop);
         }
         let lengths: Vec<_> = out.get_all("content-length").iter().collect();
         prop_assert_eq!(lengths.len(), 1);
         prop_assert_eq!(lengths[0].to_str().unwrap(), length.to_string());
-        let out_sig: Vec<HeaderValue> = out.get_all(&signature).iter().cloned().collect();
+        // Compared as they read back from the encoded head, where a value
+        // cannot carry surrounding whitespace (parsers trim it, as httparse
+        // does for the values the gateway receives).
+        let out_sig: Vec<&[u8]> = out.get_all(&signature).iter().map(|v| v.as_bytes().trim_ascii()).collect();
+        let sent_sig: Vec<&[u8]> = sent_sig.iter().map(|v| v.as_bytes().trim_ascii()).collect();
         prop_assert_eq!(out_sig, sent_sig);
         prop_assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
         prop_assert_eq!(out.get_all("x-forwarded-proto").iter().count(), 1);
@@ -312,9 +338,7 @@ proptest! {
                 name.replace_range(i..=i, "_");
             }
         }
-        let mut map = HeaderMap::new();
-        map.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("v"));
-        prop_assert_eq!(headers::has_lookalike(&map, &[adsumo_header()]), mask != 0);
+        prop_assert_eq!(headers::has_lookalike([name.as_bytes()].into_iter(), &[adsumo_header()]), mask != 0);
     }
 }
 

@@ -74,13 +74,13 @@ where
             timeout: c.request_timeout,
             timer: &mut timer,
         };
-        let eligible = match read_head(&mut io, &mut buf, waiting).await? {
+        let mut eligible = match read_head(&mut io, &mut buf, waiting).await? {
             Head::Eligible(e) => e,
             Head::Hyper => return Ok(Ended::Hyper(io.rewound(buf.freeze()))),
             Head::Closed => return Ok(Ended::Closed),
         };
         let head_bytes = buf.split_to(eligible.head_len()).freeze();
-        let Some(req) = eligible.request(&head_bytes) else {
+        let Some(request) = eligible.request(&head_bytes) else {
             // A name, value or target hyper refuses: hyper answers it.
             let mut all = BytesMut::with_capacity(head_bytes.len() + buf.len());
             all.extend_from_slice(&head_bytes);
@@ -93,14 +93,14 @@ where
             buf: &mut buf,
             remaining: eligible.content_length,
         });
-        let req = req.map(|()| RequestBody {
+        let body = RequestBody {
             reader: &reader,
             remaining: eligible.content_length,
-        });
+        };
         // Pinned where it is built (the handler's future is large, and
         // each move of it is a copy), and dropped before the reader is.
         let response = {
-            let handling = std::pin::pin!(c.proxy.clone().handle(c.info.clone(), req));
+            let handling = std::pin::pin!(c.proxy.clone().handle(c.info.clone(), request, body));
             until_client_gone(handling, &reader).await
         };
         let Some(response) = response else {

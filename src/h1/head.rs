@@ -9,8 +9,11 @@
 //! hyper's answer (SPEC §1–§2, research/hardening.md).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header;
+use http::{Method, Response, StatusCode, Uri, Version};
+
+use crate::fields::Fields;
+use crate::proxy::RequestHead;
 
 use crate::headers;
 use crate::server::{MAX_HEADERS, MAX_HEADER_BYTES};
@@ -36,7 +39,7 @@ pub struct Eligible {
     /// Byte range of the request target.
     target: (usize, usize),
     /// Byte ranges of each field's name and value, in order.
-    fields: Vec<((usize, usize), (usize, usize))>,
+    fields: Vec<((u32, u32), (u32, u32))>,
 }
 
 /// Parses the head at the start of `buf` (with hyper's httparse settings:
@@ -60,6 +63,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let range = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
         (start, start + s.len())
+    };
+    // A head is at most MAX_HEADER_BYTES: its offsets fit a u32.
+    let span = |s: &[u8]| {
+        let (start, end) = range(s);
+        (start as u32, end as u32)
     };
     let mut content_length = None;
     let mut close = false;
@@ -87,7 +95,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
             },
             _ => {}
         }
-        ranges.push((range(name), range(field.value)));
+        ranges.push((span(name), span(field.value)));
     }
     let Some(content_length) = content_length else {
         return Parsed::Hyper;
@@ -124,27 +132,19 @@ impl Eligible {
         self.len
     }
 
-    /// The request without its body, its target and field values sharing
-    /// `head` (the head's bytes, split off the read buffer) as hyper's do.
-    /// `None` when a name, value or target is one hyper would refuse:
-    /// the connection is then handed to hyper.
-    pub fn request(&self, head: &Bytes) -> Option<Request<()>> {
-        // Room for what the proxy adds before the map is sent upstream
-        // (X-Forwarded-For/-Proto/-Host, a spooled route's delivery id and
-        // attempt): growing a full map rehashes every field.
-        let mut headers = HeaderMap::with_capacity(self.fields.len() + 5);
-        for &((ns, ne), (vs, ve)) in &self.fields {
-            let name = HeaderName::from_bytes(&head[ns..ne]).ok()?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).ok()?;
-            headers.append(name, value);
-        }
+    /// The request's head, its fields sharing `head` (the head's bytes,
+    /// split off the read buffer). httparse accepted its field names and
+    /// values, so `http` would too (`fields::tests`); `None` when the target
+    /// is one hyper would refuse: the connection is then handed to hyper.
+    pub fn request(&mut self, head: &Bytes) -> Option<RequestHead> {
+        let spans = std::mem::take(&mut self.fields);
         let uri = Uri::from_maybe_shared(head.slice(self.target.0..self.target.1)).ok()?;
-        let mut req = Request::new(());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
-        Some(req)
+        Some(RequestHead {
+            method: self.method.clone(),
+            uri,
+            version: Version::HTTP_11,
+            fields: Fields::new(head.clone(), spans),
+        })
     }
 }
 
@@ -261,6 +261,7 @@ pub fn wants_close<B>(response: &Response<B>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn eligible(raw: &[u8]) -> Option<Eligible> {
         match parse(raw) {
@@ -272,15 +273,15 @@ mod tests {
     #[test]
     fn plain_webhook_is_eligible_and_rebuilt() {
         let raw = b"POST /hooks/a?x=1 HTTP/1.1\r\nHost: h\r\nX-Sig: ab\r\nx-sig: cd\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello";
-        let e = eligible(raw).unwrap();
+        let mut e = eligible(raw).unwrap();
         assert_eq!(e.content_length, 5);
         assert!(!e.close);
         let head = Bytes::copy_from_slice(&raw[..e.head_len()]);
         let req = e.request(&head).unwrap();
-        assert_eq!(req.uri(), "/hooks/a?x=1");
-        let sigs: Vec<_> = req.headers().get_all("x-sig").iter().collect();
-        assert_eq!(sigs, ["ab", "cd"]);
-        assert_eq!(req.headers().len(), 5);
+        assert_eq!(req.uri, "/hooks/a?x=1");
+        let sigs: Vec<_> = req.fields.get_all("x-sig").collect();
+        assert_eq!(sigs, [&b"ab"[..], b"cd"]);
+        assert_eq!(req.fields.len(), 5);
     }
 
     #[test]

@@ -39,7 +39,9 @@ mod twilio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
+
+use crate::fields::Lookup;
 
 pub use self::hmac::{MacKey, MacState, Tag};
 pub use self::timestamp::TimestampFormat;
@@ -521,20 +523,20 @@ impl SignatureCheck {
 
     /// The delivery id the sender put on this request, when the scheme has
     /// one (the replay key, SPEC §10).
-    pub fn delivery_id<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+    pub fn delivery_id<'h, H: Lookup>(&'h self, headers: &'h H) -> Option<&'h [u8]> {
         self.scheme
             .delivery_id
             .as_ref()
-            .and_then(|n| headers.get(n))
+            .and_then(|n| headers.values(n).next())
     }
 
     /// Everything that can be checked from the headers alone (signature
     /// header shape, timestamp and tolerance, key windows), then a verifier
     /// with the signed prefix already fed. `query` is the request's query
     /// string (Twilio signs it); `now` is unix seconds.
-    pub fn begin(
+    pub fn begin<H: Lookup>(
         &self,
-        headers: &HeaderMap,
+        headers: &H,
         query: Option<&str>,
         now: i64,
     ) -> Result<Verifier<'_>, VerifyError> {
@@ -543,15 +545,15 @@ impl SignatureCheck {
         let set = scheme
             .headers
             .iter()
-            .find(|s| headers.contains_key(&s.signature))
+            .find(|s| headers.values(&s.signature).next().is_some())
             .ok_or(VerifyError::Missing(Field::Signature))?;
         let value = one(headers, &set.signature, Field::Signature)?;
-        let parsed = signature::parse(scheme, value.as_bytes())?;
+        let parsed = signature::parse(scheme, value)?;
 
         let ts_text: Option<&[u8]> = match (&scheme.format, &set.timestamp) {
             (Format::Pairs { .. }, _) => parsed.timestamp,
             (_, Some(name)) if scheme.timestamp.is_some() => {
-                Some(one(headers, name, Field::Timestamp)?.as_bytes())
+                Some(one(headers, name, Field::Timestamp)?)
             }
             _ => None,
         };
@@ -571,7 +573,7 @@ impl SignatureCheck {
             }
         };
         let id: Option<&[u8]> = match (&set.id, scheme.signs_id()) {
-            (Some(name), true) => Some(one(headers, name, Field::Id)?.as_bytes()),
+            (Some(name), true) => Some(one(headers, name, Field::Id)?),
             (None, true) => return Err(VerifyError::Missing(Field::Id)),
             _ => None,
         };
@@ -663,12 +665,12 @@ impl SignatureCheck {
 }
 
 /// Exactly one field named `name`.
-fn one<'h>(
-    headers: &'h HeaderMap,
-    name: &HeaderName,
+fn one<'h, H: Lookup>(
+    headers: &'h H,
+    name: &'h HeaderName,
     field: Field,
-) -> Result<&'h HeaderValue, VerifyError> {
-    let mut values = headers.get_all(name).iter();
+) -> Result<&'h [u8], VerifyError> {
+    let mut values = headers.values(name);
     let first = values.next().ok_or(VerifyError::Missing(field))?;
     if values.next().is_some() {
         return Err(VerifyError::Duplicated(field));

@@ -3,6 +3,7 @@
 //! rejections that matter per preset.
 
 use super::*;
+use http::HeaderValue;
 
 fn check(preset: &str, secrets: &[&str]) -> SignatureCheck {
     check_with(presets::preset(preset).unwrap(), secrets, None)
@@ -954,7 +955,7 @@ fn header_names_cover_every_spelling() {
     );
     let c = check("github", &["s"]);
     let h = headers(&[("x-github-delivery", "72d3162e")]);
-    assert_eq!(c.delivery_id(&h).unwrap(), "72d3162e");
+    assert_eq!(c.delivery_id(&h).unwrap(), b"72d3162e");
 }
 
 /// Code-level check that MACs are never compared with `==`: every

@@ -8,8 +8,8 @@
 
 use std::borrow::Cow;
 
+use crate::fields::Lookup;
 use bytes::Bytes;
-use http::HeaderMap;
 
 use super::{MacState, Tag, VerifyError, MAX_KEYS};
 
@@ -23,7 +23,7 @@ pub(super) struct Context {
 }
 
 impl Context {
-    pub fn new(public_url: Option<&str>, query: Option<&str>, headers: &HeaderMap) -> Context {
+    pub fn new<H: Lookup>(public_url: Option<&str>, query: Option<&str>, headers: &H) -> Context {
         let mut url = public_url.unwrap_or_default().to_string();
         if let Some(q) = query.filter(|q| !q.is_empty()) {
             url.push('?');
@@ -40,8 +40,9 @@ impl Context {
             })
         });
         let form = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+            .values(&http::header::CONTENT_TYPE)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
             .is_some_and(|ct| {
                 ct.trim_start()
                     .to_ascii_lowercase()

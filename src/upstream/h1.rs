@@ -10,8 +10,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode, Uri, Version};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
@@ -116,33 +115,10 @@ impl Conn {
         !self.read.is_empty()
     }
 
-    /// Encodes the request head: the request line in origin form, the
-    /// fields in their order (names lower-case, as hyper wrote them), and
-    /// `Content-Length` when the fields have none and there is a body.
-    pub fn encode_head(&mut self, parts: &Parts, body_len: u64) {
-        let out = &mut self.head;
-        out.clear();
-        out.extend_from_slice(parts.method.as_str().as_bytes());
-        out.push(b' ');
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        out.extend_from_slice(if target.is_empty() {
-            b"/"
-        } else {
-            target.as_bytes()
-        });
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if body_len > 0 && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+    /// Lets `encode` write the request head into the connection's buffer.
+    pub fn encode_head_with(&mut self, encode: impl Fn(&mut Vec<u8>)) {
+        self.head.clear();
+        encode(&mut self.head);
     }
 
     /// Writes the encoded head and `body` with vectored writes until all is
@@ -591,6 +567,40 @@ fn take(buf: &mut BytesMut, n: &mut u64) -> Bytes {
     let k = usize::try_from(*n).map_or(buf.len(), |n| n.min(buf.len()));
     *n -= k as u64;
     buf.split_to(k).freeze()
+}
+
+/// Encodes a request head: the request line in origin form, the fields in
+/// their order (names lower-case, as hyper wrote them), and `Content-Length`
+/// when the fields have none and there is a body.
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body_len: u64,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if body_len > 0 && !headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -142,14 +142,28 @@ impl Pool {
         req: Request<ReplayBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
+        let len = body.bufs().iter().map(|b| b.len() as u64).sum();
+        let headers = std::mem::take(&mut parts.headers);
+        let encode =
+            |out: &mut Vec<u8>| h1::encode_head(out, &parts.method, &parts.uri, &headers, len);
+        self.send_head(&parts.method, encode, body).await
+    }
+
+    /// Sends a request whose head `encode` writes (the request line, the
+    /// fields, the blank line) and whose body is `body`, as [`Pool::send`].
+    pub async fn send_head(
+        self: &Arc<Self>,
+        method: &Method,
+        encode: impl Fn(&mut Vec<u8>),
+        body: ReplayBody,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let frames = body.bufs();
-        let len = frames.iter().map(|b| b.len() as u64).sum();
         let (mut conn, complete) = loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            conn.encode_head(&parts, len);
+            conn.encode_head_with(&encode);
             match conn.write_request(frames).await {
                 Ok(complete) => break (conn, complete),
                 Err((false, _)) if reused => continue,
@@ -159,9 +173,8 @@ impl Pool {
         // Written: the body's buffers go now, not after the upstream's
         // answer (with 64 concurrent 1 MiB uploads that is megabytes).
         drop(body);
-        let headers = std::mem::take(&mut parts.headers);
         let head = conn
-            .read_head(&parts.method, headers)
+            .read_head(method, HeaderMap::new())
             .await
             .map_err(|e| self.failed(e))?;
         let mut body = UpstreamBody {

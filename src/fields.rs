@@ -1,0 +1,206 @@
+//! A request's header fields as they arrived: the head's bytes and where
+//! each name and value sits in them, in order.
+//!
+//! The HTTP/1.1 fast path hands the proxy the fields it parsed without
+//! building an `http::HeaderMap` (hashing every name, sharing every value):
+//! the proxy reads a handful of fields by name and writes all of them
+//! upstream once, in order, which a short list does with less work. The
+//! hyper path (HTTP/2, other HTTP/1 requests) converts its map into the
+//! same form, so the request path has one way of reading fields.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName};
+
+/// Byte range in the head (`u32`: a head is at most a few dozen KiB).
+type Span = (u32, u32);
+
+/// Header fields in arrival order. Names are as the client wrote them
+/// (any case); values are trimmed of surrounding whitespace, as `http`'s
+/// `HeaderValue`s are. Every name and value is one `http` accepts (httparse
+/// accepts the same bytes: `tests::httparse_accepts_what_http_accepts`).
+#[derive(Clone, Default)]
+pub struct Fields {
+    buf: Bytes,
+    at: Vec<(Span, Span)>,
+}
+
+impl Fields {
+    /// Fields at `at` (name, value byte ranges) in `buf`, as httparse
+    /// found them.
+    pub fn new(buf: Bytes, at: Vec<(Span, Span)>) -> Fields {
+        Fields { buf, at }
+    }
+
+    /// The fields of a `HeaderMap` (hyper's requests), in its order.
+    pub fn from_map(map: &HeaderMap) -> Fields {
+        let size = map
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum::<usize>();
+        let mut buf = BytesMut::with_capacity(size);
+        let mut at = Vec::with_capacity(map.len());
+        for (name, value) in map {
+            let n = push(&mut buf, name.as_str().as_bytes());
+            let v = push(&mut buf, value.as_bytes());
+            at.push((n, v));
+        }
+        Fields {
+            buf: buf.freeze(),
+            at,
+        }
+    }
+
+    /// Every field, in order: (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.at.iter().map(|&(n, v)| (self.slice(n), self.slice(v)))
+    }
+
+    /// The values of the fields named `name` (lower-case, as `HeaderName`s
+    /// are), in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let name = name.as_bytes();
+        self.iter()
+            .filter(move |(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of the fields named `name`.
+    pub fn get<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.get_all(name).next()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    fn slice(&self, (start, end): Span) -> &[u8] {
+        &self.buf[start as usize..end as usize]
+    }
+}
+
+fn push(buf: &mut BytesMut, bytes: &[u8]) -> Span {
+    let start = buf.len();
+    buf.put_slice(bytes);
+    (start as u32, buf.len() as u32)
+}
+
+/// Reading fields by name, from a request's [`Fields`] or from a
+/// `HeaderMap` (the spool worker, the `sign`/`verify` commands, tests).
+pub trait Lookup {
+    /// The values of the fields named `name`, in order.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
+}
+
+impl Lookup for Fields {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name.as_str())
+    }
+}
+
+impl Lookup for HeaderMap {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).into_iter().map(|v| v.as_bytes())
+    }
+}
+
+/// A field name `http::HeaderName` accepts: a token (RFC 9110 §5.6.2),
+/// which is also what httparse accepts (`tests::same_as_http`).
+pub fn name_ok(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    /// The byte rules agree with `http`'s for every byte.
+    #[test]
+    fn same_as_http() {
+        for b in 0u8..=255 {
+            let name = [b'x', b];
+            assert_eq!(
+                name_ok(&name),
+                HeaderName::from_bytes(&name).is_ok(),
+                "name byte {b:#x}"
+            );
+        }
+        assert!(!name_ok(b""));
+        assert!(HeaderName::from_bytes(b"").is_err());
+    }
+
+    /// What httparse (with hyper's settings: the defaults) accepts in a
+    /// request's field names and values is exactly what `http` accepts, byte
+    /// for byte: the fast path's fields need no second check.
+    #[test]
+    fn httparse_accepts_what_http_accepts() {
+        let parsed = |raw: &[u8]| -> Option<(Vec<u8>, Vec<u8>)> {
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let mut req = httparse::Request::new(&mut fields);
+            match req.parse(raw) {
+                Ok(httparse::Status::Complete(_)) if req.headers.len() == 1 => Some((
+                    req.headers[0].name.as_bytes().to_vec(),
+                    req.headers[0].value.to_vec(),
+                )),
+                _ => None,
+            }
+        };
+        for b in 0u8..=255 {
+            let name = [b'x', b];
+            let mut raw = b"POST / HTTP/1.1\r\n".to_vec();
+            raw.extend_from_slice(&name);
+            raw.extend_from_slice(b": v\r\n\r\n");
+            let accepted = parsed(&raw).is_some_and(|(n, _)| n == name);
+            assert_eq!(
+                accepted,
+                HeaderName::from_bytes(&name).is_ok(),
+                "name byte {b:#x}"
+            );
+            assert_eq!(accepted, name_ok(&name), "name byte {b:#x}");
+
+            let value = [b'a', b, b'b'];
+            let mut raw = b"POST / HTTP/1.1\r\nx: ".to_vec();
+            raw.extend_from_slice(&value);
+            raw.extend_from_slice(b"\r\n\r\n");
+            let accepted = parsed(&raw).is_some_and(|(_, v)| v == value);
+            assert_eq!(
+                accepted,
+                HeaderValue::from_bytes(&value).is_ok(),
+                "value byte {b:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn lookups_ignore_case_and_keep_order() {
+        let mut map = HeaderMap::new();
+        map.append("x-a", HeaderValue::from_static("1"));
+        map.append("host", HeaderValue::from_static("h"));
+        map.append("x-a", HeaderValue::from_static("2"));
+        let f = Fields::from_map(&map);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f.get("host"), Some(&b"h"[..]));
+        assert_eq!(f.get_all("x-a").collect::<Vec<_>>(), vec![&b"1"[..], b"2"]);
+        let raw = Bytes::from_static(b"X-A1Host2");
+        let f = Fields::new(raw, vec![((0, 3), (3, 4)), ((4, 8), (8, 9))]);
+        assert_eq!(f.get("x-a"), Some(&b"1"[..]));
+        assert_eq!(f.get("host"), Some(&b"2"[..]));
+        assert!(!f.contains("x-b"));
+        let name = HeaderName::from_static("x-a");
+        assert_eq!(
+            Lookup::values(&f, &name).collect::<Vec<_>>(),
+            vec![&b"1"[..]]
+        );
+    }
+}
