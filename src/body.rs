@@ -6,13 +6,13 @@
 //! moved into [`Frames`], which the upstream client writes as is. Trailers are
 //! ignored (they never count toward the signature and are not forwarded).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::scheme::Verifier;
 
@@ -98,10 +98,24 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut frames = Frames::default();
+    // One timer for the whole body, made only when a frame is not there
+    // yet: a small body already read with its head needs none, and a large
+    // one no longer registers and cancels a timer for every frame.
+    let mut timer = std::pin::pin!(None::<Sleep>);
     loop {
-        let next = tokio::time::timeout_at(deadline, body.frame())
-            .await
-            .map_err(|_| BodyError::Timeout)?;
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(next) = Pin::new(&mut *body).poll_frame(cx) {
+                return Poll::Ready(Ok(next));
+            }
+            if timer.is_none() {
+                timer.set(Some(tokio::time::sleep_until(deadline)));
+            }
+            match timer.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(BodyError::Timeout)),
+                _ => Poll::Pending,
+            }
+        })
+        .await?;
         let frame = match next {
             None => return Ok(frames),
             Some(Ok(frame)) => frame,
@@ -168,6 +182,7 @@ impl Body for ReplayBody {
 mod tests {
     use super::*;
     use crate::scheme::{presets, Key, SignatureCheck};
+    use http_body_util::BodyExt;
 
     fn adsumo(secret: &[u8]) -> SignatureCheck {
         let scheme = presets::preset("adsumo").unwrap();
