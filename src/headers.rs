@@ -165,16 +165,20 @@ pub fn write_upstream_head(out: &mut Vec<u8>, h: &UpstreamHead<'_>) -> std::ops:
         );
     }
     if let Some(f) = &h.forwarding {
-        let (xff, xfp, xfh) = if f.trusted {
-            let xff = match xff {
-                Some(prev) => join(Some(prev), f.peer),
-                None => f.peer.to_vec(),
-            };
-            (xff, xfp.unwrap_or(f.proto.as_bytes()), xfh.or(f.host))
+        // A trusted proxy's list is extended, anyone else's replaced.
+        let proto = f.proto.as_bytes();
+        let (prior, xfp, xfh) = if f.trusted {
+            (xff.as_deref(), xfp.unwrap_or(proto), xfh.or(f.host))
         } else {
-            (f.peer.to_vec(), f.proto.as_bytes(), f.host)
+            (None, proto, f.host)
         };
-        field(out, b"x-forwarded-for", &xff);
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prior) = prior {
+            out.extend_from_slice(prior);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(f.peer);
+        out.extend_from_slice(b"\r\n");
         field(out, b"x-forwarded-proto", xfp);
         if let Some(xfh) = xfh {
             field(out, b"x-forwarded-host", xfh);
