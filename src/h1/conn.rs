@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -153,8 +154,8 @@ where
         // A small read on the stack: the read buffer may still be shared
         // with the body's frames (on their way upstream), and reserving in
         // it now would allocate a fresh one for every request.
-        let mut probe = [0u8; 1024];
-        let mut probe = ReadBuf::new(&mut probe);
+        let mut probe = [const { MaybeUninit::<u8>::uninit() }; 1024];
+        let mut probe = ReadBuf::uninit(&mut probe);
         match Pin::new(&mut *r.io).poll_read(cx, &mut probe) {
             Poll::Ready(Err(_)) => Poll::Ready(None),
             Poll::Ready(Ok(())) if probe.filled().is_empty() => Poll::Ready(None),
