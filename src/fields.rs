@@ -1,28 +1,46 @@
-//! A request's header fields as they arrived: the head's bytes and where
-//! each name and value sits in them, in order.
+//! Header fields as they arrived: the head's bytes and where each name and
+//! value sits in them, in order. Both directions use it.
 //!
-//! The HTTP/1.1 fast path hands the proxy the fields it parsed without
-//! building an `http::HeaderMap` (hashing every name, sharing every value):
-//! the proxy reads a handful of fields by name and writes all of them
-//! upstream once, in order, which a short list does with less work. The
-//! hyper path (HTTP/2, other HTTP/1 requests) converts its map into the
+//! Requests: the HTTP/1.1 fast path hands the proxy the fields it parsed
+//! without building an `http::HeaderMap` (hashing every name, sharing every
+//! value): the proxy reads a handful of fields by name and writes all of
+//! them upstream once, in order, which a short list does with less work.
+//! The hyper path (HTTP/2, other HTTP/1 requests) converts its map into the
 //! same form, so the request path has one way of reading fields.
+//!
+//! Responses: the upstream client keeps an answer's end-to-end fields this
+//! way (`upstream::h1::parse_head`); they travel with the response body,
+//! the fast path copies them into the client's response head, and only a
+//! response hyper writes gets them moved into its map ([`Fields::append_to`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-/// Byte range in the head (`u32`: a head is at most a few dozen KiB).
+/// Byte range in the head (`u32`: a request head is at most 16 KiB, an
+/// upstream response head 1 MiB + 64 KiB).
 type Span = (u32, u32);
 
-/// Header fields in arrival order. Names are as the client wrote them
-/// (any case); values are trimmed of surrounding whitespace, as `http`'s
-/// `HeaderValue`s are. Every name and value is one `http` accepts (httparse
-/// accepts the same bytes: `tests::httparse_accepts_what_http_accepts`).
+/// Header fields in arrival order. A request's names are as the client
+/// wrote them (any case), an upstream response's lower-cased by the
+/// upstream client; values are trimmed of surrounding whitespace, as
+/// `http`'s `HeaderValue`s are. Every name and value is one `http` accepts
+/// (httparse accepts the same bytes: `tests::httparse_accepts_what_http_accepts`;
+/// the upstream client refuses the one name it does not, one over
+/// `MAX_NAME` bytes).
 #[derive(Clone, Default)]
 pub struct Fields {
     buf: Bytes,
     at: Vec<(Span, Span)>,
 }
+
+/// No fields: what the gateway's own responses carry.
+pub static NONE: Fields = Fields {
+    buf: Bytes::new(),
+    at: Vec::new(),
+};
+
+/// The longest field name `http` takes (its `MAX_HEADER_NAME_LEN`).
+pub const MAX_NAME: usize = (1 << 16) - 1;
 
 impl Fields {
     /// Fields at `at` (name, value byte ranges) in `buf`, as httparse
@@ -51,6 +69,7 @@ impl Fields {
     }
 
     /// Every field, in order: (name, value).
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.at.iter().map(|&(n, v)| (self.slice(n), self.slice(v)))
     }
@@ -81,8 +100,32 @@ impl Fields {
         self.at.is_empty()
     }
 
+    /// Appends the fields to `map` (for hyper, which writes a map), values
+    /// sharing the head's bytes. Every name and value is one `http` takes
+    /// (see the type's docs), so nothing is dropped here.
+    pub fn append_to(self, map: &mut HeaderMap) {
+        map.reserve(self.at.len());
+        for &(n, (vs, ve)) in &self.at {
+            let name = HeaderName::from_bytes(self.slice(n));
+            let value = HeaderValue::from_maybe_shared(self.buf.slice(vs as usize..ve as usize));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+    }
+
+    #[inline]
     fn slice(&self, (start, end): Span) -> &[u8] {
         &self.buf[start as usize..end as usize]
+    }
+}
+
+/// Names only: values may carry credentials, cookies or tokens.
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, _)| String::from_utf8_lossy(n)))
+            .finish()
     }
 }
 

@@ -2,56 +2,43 @@
 //!
 //! Hop-by-hop fields (RFC 9110 §7.6.1) are dropped, together with every field
 //! the `Connection` header names, except the ones the gateway relies on or
-//! sets itself. The surviving end-to-end fields keep their order. `http`'s
-//! `HeaderMap::remove` reorders entries (swap-remove), so when something
-//! must be removed the map is rebuilt in one pass, moving (not copying) each
-//! value; the usual request and response are updated in place.
+//! sets itself. The surviving end-to-end fields keep their order. Neither
+//! direction builds a map: the upstream request head is written from the
+//! request's fields ([`write_upstream_head`]), and the upstream client
+//! keeps a response's fields that [`crosses_to_client`] lets through.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::HeaderName;
 use http::Method;
 
 use crate::fields::Fields;
-
-/// Connection-specific fields that never cross a proxy.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+/// Connection-specific fields that never cross a proxy (RFC 9110 §7.6.1),
+/// by lower-case name. Bytes, not `HeaderName`s: the upstream client checks
+/// a response's fields without building a map.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+    )
 }
 
-/// Names listed in the `Connection` header(s), lower-cased. Empty (and no
-/// allocation) in the common case of no `Connection` header or only
-/// `keep-alive`/`close`.
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut out = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',') {
-            let token = token.trim();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("keep-alive")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                out.push(name);
-            }
-        }
-    }
-    out
+/// The rule for an upstream response's fields: a field (`name` in lower
+/// case) goes on to the client unless it is hop-by-hop or one the
+/// response's `Connection` values name (`named`: their
+/// [`connection_tokens`], usually none).
+#[inline]
+pub fn crosses_to_client(name: &[u8], named: &[Vec<u8>]) -> bool {
+    !is_hop_by_hop(name) && !named.iter().any(|t| t == name)
 }
 
 /// What the gateway adds to a forwarded request.
@@ -211,7 +198,7 @@ enum Forwarded {
 
 /// Sorts a field by its name, by length first: most fields are none of
 /// these, and most lengths rule out every one of them. The hop-by-hop
-/// names are `HOP_BY_HOP`'s (`tests::request_field_knows_hop_by_hop`).
+/// names are `is_hop_by_hop`'s (`tests::request_field_knows_hop_by_hop`).
 fn request_field(name: &[u8]) -> Kind {
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
     match name.len() {
@@ -252,7 +239,7 @@ fn lower_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// The field names listed in `Connection` values, lower-cased, other than
 /// `close` and `keep-alive`. Empty (and no allocation) in the usual case.
-fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
+pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for value in values {
         for token in value.split(|&b| b == b',') {
@@ -291,44 +278,6 @@ pub fn has_lookalike<'a>(mut fields: impl Iterator<Item = &'a [u8]>, names: &[He
     })
 }
 
-/// Strips hop-by-hop fields from the upstream's response, keeping order.
-pub fn client_response_headers(mut upstream: HeaderMap) -> HeaderMap {
-    let named = connection_named(&upstream);
-    let hop_names = upstream.keys().filter(|n| is_hop_by_hop(n)).count();
-    if named.is_empty() && hop_names == 0 {
-        return upstream;
-    }
-    // The usual case (nginx, most servers): one `Connection: keep-alive`
-    // as the last field. Removing the last entry moves nothing, so order is
-    // kept without rebuilding the map.
-    let only_trailing_connection = named.is_empty()
-        && hop_names == 1
-        && upstream.get_all(header::CONNECTION).iter().count() == 1
-        && upstream
-            .iter()
-            .last()
-            .is_some_and(|(name, _)| name == header::CONNECTION);
-    if only_trailing_connection {
-        upstream.remove(header::CONNECTION);
-        return upstream;
-    }
-    let mut out = HeaderMap::with_capacity(upstream.len());
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in upstream.drain() {
-        if let Some(name) = name {
-            current = Some(name);
-        }
-        let Some(name) = current.as_ref() else {
-            continue;
-        };
-        if is_hop_by_hop(name) || named.contains(name) {
-            continue;
-        }
-        out.append(name.clone(), value);
-    }
-    out
-}
-
 /// "a, b" + "c" → "a, b, c" (X-Forwarded-For fields are combined this way).
 fn join(prev: Option<Vec<u8>>, next: &[u8]) -> Vec<u8> {
     match prev {
@@ -360,17 +309,6 @@ pub fn content_length_value(value: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        m
-    }
 
     /// Fields in the given order (names as given, any case).
     fn fields(pairs: &[(&str, &str)]) -> Fields {
@@ -425,12 +363,6 @@ mod tests {
     fn owned(p: &[(&str, &str)]) -> Vec<(String, String)> {
         p.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
-
-    fn pairs(m: &HeaderMap) -> Vec<(String, String)> {
-        m.iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
             .collect()
     }
 
@@ -517,13 +449,23 @@ mod tests {
 
     #[test]
     fn request_field_knows_hop_by_hop() {
-        for name in &HOP_BY_HOP {
-            let upper = name.as_str().to_ascii_uppercase();
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+            let upper = name.to_ascii_uppercase();
             assert!(
                 matches!(request_field(upper.as_bytes()), Kind::Dropped),
                 "{name}"
             );
         }
+        assert!(!is_hop_by_hop(b"expect"));
         assert!(matches!(request_field(b"Expect"), Kind::Dropped));
         assert!(matches!(request_field(b"x-forwarded-fox"), Kind::Other));
     }
@@ -612,40 +554,15 @@ mod tests {
     }
 
     #[test]
-    fn trailing_keep_alive_is_dropped_in_place() {
-        let m = map(&[
-            ("server", "x"),
-            ("content-length", "2"),
-            ("connection", "keep-alive"),
-        ]);
-        assert_eq!(
-            pairs(&client_response_headers(m)),
-            [("server", "x"), ("content-length", "2")].map(|(a, b)| (a.to_string(), b.to_string()))
-        );
-        let m = map(&[
-            ("connection", "keep-alive"),
-            ("a", "1"),
-            ("b", "2"),
-            ("c", "3"),
-        ]);
-        assert_eq!(
-            pairs(&client_response_headers(m)),
-            [("a", "1"), ("b", "2"), ("c", "3")].map(|(a, b)| (a.to_string(), b.to_string()))
-        );
-    }
-
-    #[test]
-    fn response_hop_by_hop_removed() {
-        let m = map(&[
-            ("x-1", "a"),
-            ("connection", "x-2"),
-            ("x-2", "b"),
-            ("transfer-encoding", "chunked"),
-            ("x-3", "c"),
-        ]);
-        assert_eq!(
-            pairs(&client_response_headers(m)),
-            [("x-1", "a"), ("x-3", "c")].map(|(a, b)| (a.to_string(), b.to_string()))
-        );
+    fn response_fields_cross_unless_hop_by_hop_or_named() {
+        assert!(crosses_to_client(b"x-1", &[]));
+        assert!(!crosses_to_client(b"trailer", &[]));
+        let named = connection_tokens([&b"keep-alive"[..], b" X-Two ,close,, x-3"].into_iter());
+        assert_eq!(named, [b"x-two".to_vec(), b"x-3".to_vec()]);
+        assert!(!crosses_to_client(b"x-two", &named));
+        assert!(!crosses_to_client(b"x-3", &named));
+        assert!(crosses_to_client(b"x-1", &named));
+        // Connection options are not field names.
+        assert!(crosses_to_client(b"close", &named));
     }
 }

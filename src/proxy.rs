@@ -40,7 +40,7 @@ use crate::replay::{self, Claim, MemoryStore, Repeat, ReplayStore, Verified};
 use crate::route::RouteTable;
 use crate::scheme::{self, Field, VerifyError};
 use crate::spool::{self, Circuit, NewRecord, Note, Spool, StoreError};
-use crate::upstream::{Pool, UpstreamBody, UpstreamError, Upstreams};
+use crate::upstream::{Pool, UpstreamBody, UpstreamError, Upstreams, NO_FIELDS};
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -659,9 +659,9 @@ impl Proxy {
             commit(claim);
         }
 
-        let (mut parts, body) = response.into_parts();
-        parts.headers = headers::client_response_headers(parts.headers);
-        Ok(Reply::Upstream(Response::from_parts(parts, body)))
+        // Its end-to-end fields travel with the body, hop-by-hop ones
+        // already dropped by the client (`upstream::Fields`).
+        Ok(Reply::Upstream(response))
     }
 
     /// The replay check of a route with `replay_window`: a claim on this
@@ -1023,6 +1023,25 @@ enum Inner {
 }
 
 impl ResponseBody {
+    /// The upstream's end-to-end header fields, for the HTTP/1.1 fast path
+    /// to write after the response's own (none for the gateway's answers).
+    pub fn fields(&self) -> &Fields {
+        match &self.inner {
+            Inner::Upstream(body) => body.fields(),
+            Inner::Full(_) => &NO_FIELDS,
+        }
+    }
+
+    /// Moves the upstream's fields into `response`'s map, for hyper, which
+    /// writes only the map (HTTP/2, and HTTP/1 requests the fast path hands
+    /// over). Before it, the map holds only the gateway's own fields.
+    pub fn fields_into_map(response: &mut Response<ResponseBody>) {
+        if let Inner::Upstream(body) = &mut response.body_mut().inner {
+            let fields = body.take_fields();
+            fields.append_to(response.headers_mut());
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(ex) = self.exchange.take() {
             ex.finish(&self.proxy.metrics);

@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::h1;
-use crate::proxy::{ConnInfo, Proxy, RequestHead};
+use crate::proxy::{ConnInfo, Proxy, RequestHead, ResponseBody};
 use crate::read_ahead::ReadAhead;
 use crate::send_timeout::SendTimeout;
 use crate::streams::{self, Counted, OpenStream, Streams};
@@ -288,7 +288,8 @@ fn service(
         async move {
             let (parts, body) = req.into_parts();
             let head = RequestHead::from_parts(parts);
-            let response = proxy.handle(conn, head, body).await;
+            let mut response = proxy.handle(conn, head, body).await;
+            ResponseBody::fields_into_map(&mut response);
             Ok::<_, Infallible>(response.map(|body| Counted { body, open }))
         }
     })

@@ -449,3 +449,77 @@ async fn slow_head_is_closed_at_request_timeout() {
     assert_eq!(up.count(), 1);
     gw.stop().await;
 }
+
+/// An upstream answer with every kind of field (hop-by-hop ones, fields
+/// its `Connection` names in two spellings, two `Set-Cookie`, odd-case
+/// names, obs-text and a tab inside a value).
+const MIXED_REPLY: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Server: raw\r\n\
+Connection: X-Private, Keep-Alive\r\n\
+Set-Cookie: a=1; Path=/\r\n\
+Keep-Alive: timeout=5\r\n\
+X-Private: dropped\r\n\
+X-MiXeD-CaSe: caf\xc3\xa9 \xfe\tend\r\n\
+Proxy-Connection: keep-alive\r\n\
+Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n\
+Set-Cookie: b=2\r\n\
+TRAILER: X-T\r\n\
+x-PRIVATE: dropped too\r\n\
+TE: trailers\r\n\
+Upgrade: h2c\r\n\
+Content-Length: 5\r\n\
+\r\n\
+hello";
+
+/// The end-to-end fields of `MIXED_REPLY` as a client must get them: names
+/// in lower case (as hyper and HTTP/2 write them), values byte for byte.
+/// `order` picks them: the upstream's order is 0..6.
+fn mixed_fields(order: [usize; 6]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let all: [(&[u8], &[u8]); 6] = [
+        (b"server", b"raw"),
+        (b"set-cookie", b"a=1; Path=/"),
+        (b"x-mixed-case", b"caf\xc3\xa9 \xfe\tend"),
+        (b"date", b"Mon, 01 Jan 2024 00:00:00 GMT"),
+        (b"set-cookie", b"b=2"),
+        (b"content-length", b"5"),
+    ];
+    order
+        .iter()
+        .map(|&i| (all[i].0.to_vec(), all[i].1.to_vec()))
+        .collect()
+}
+
+/// The upstream's end-to-end fields reach the client and nothing else:
+/// over the HTTP/1.1 fast path byte for byte in the upstream's order (it
+/// copies them from the upstream's head); over hyper's HTTP/1.1
+/// (`HOOKGATE_TEST_H1=hyper`) and over HTTP/2 the same bytes, with the
+/// second `Set-Cookie` next to the first (a `HeaderMap` keeps the values
+/// of a name together, in their order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_fields_reach_the_client_end_to_end_only() {
+    let up = Upstream::start(Behaviour::ReplyKeep(MIXED_REPLY)).await;
+    let fast = BinaryGateway::start(&two_routes(up.addr, ""));
+    let hyper =
+        BinaryGateway::start_with(&two_routes(up.addr, ""), &[("HOOKGATE_TEST_H1", "hyper")]);
+    let wire_order = mixed_fields([0, 1, 2, 3, 4, 5]);
+    let map_order = mixed_fields([0, 1, 4, 2, 3, 5]);
+    for (gw, want) in [(&fast, &wire_order), (&hyper, &map_order)] {
+        let (r, _) = raw(gw.addr, &webhook(1024, "")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"hello");
+        let got = r.raw_fields();
+        assert_eq!(got, *want, "{}", String::from_utf8_lossy(&r.raw_head));
+    }
+    let b = body(64).leak();
+    let (status, headers, got_body) =
+        h2c_post(fast.addr, "/webhooks/a", &sign(SECRET_A, b), b).await;
+    assert_eq!((status, &got_body[..]), (200, &b"hello"[..]));
+    let got: Vec<(Vec<u8>, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    assert_eq!(got, map_order);
+    assert_eq!(up.count(), 3);
+    fast.stop().await;
+    hyper.stop().await;
+}

@@ -265,7 +265,8 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let empty = response.body().is_end_stream();
     let framing = DATE.with(|d| {
         let mut d = d.borrow_mut();
-        head::encode_response(out, &response, exact, empty, close, d.now())
+        let upstream = response.body().fields();
+        head::encode_response(out, &response, upstream, exact, empty, close, d.now())
     });
     let body = response.body_mut();
     let mut sent = 0u64;

@@ -162,16 +162,18 @@ pub enum Framing {
 }
 
 /// Appends the response head to `out`: status line, the proxy's fields in
-/// order, then what hyper adds: the framing field when the proxy set none
-/// (`content-length` when the body's size is exact, else chunked),
-/// `connection: close` when the connection closes after it, and `date`.
-/// As hyper does, an empty body (`empty`: the body is already at its end)
-/// drops a `content-length` other than `0` (an upstream's 204 or 304 may
-/// carry the length of what it did not send). Returns the framing the body
-/// must use.
+/// order (the response's map, then `upstream`: an upstream's end-to-end
+/// fields, copied as they are), then what hyper adds: the framing field
+/// when the proxy set none (`content-length` when the body's size is
+/// exact, else chunked), `connection: close` when the connection closes
+/// after it, and `date`. As hyper does, an empty body (`empty`: the body is
+/// already at its end) drops a `content-length` other than `0` (an
+/// upstream's 204 or 304 may carry the length of what it did not send).
+/// Returns the framing the body must use.
 pub fn encode_response<B>(
     out: &mut BytesMut,
     response: &Response<B>,
+    upstream: &Fields,
     exact: Option<u64>,
     empty: bool,
     close: bool,
@@ -189,10 +191,15 @@ pub fn encode_response<B>(
     } else if empty {
         Framing::Length(0)
     } else {
-        match headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| headers::content_length_value(v.as_bytes()))
-        {
+        let length = match headers.get(header::CONTENT_LENGTH) {
+            Some(v) => Some(v.as_bytes()),
+            // An upstream's names are lower-case: compared as bytes.
+            None => upstream
+                .iter()
+                .find(|(n, _)| *n == b"content-length")
+                .map(|(_, v)| v),
+        };
+        match length.and_then(headers::content_length_value) {
             Some(n) => Framing::Length(n),
             None => match exact {
                 Some(n) => Framing::Length(n),
@@ -200,31 +207,26 @@ pub fn encode_response<B>(
             },
         }
     };
-    let mut wrote_length = false;
-    let mut has_connection_close = false;
+    let mut fields = FieldWriter {
+        framing,
+        empty,
+        close,
+        wrote_length: false,
+        has_connection_close: false,
+        has_date: false,
+    };
     for (name, value) in headers {
-        // The proxy's response never carries hop-by-hop framing, but a
-        // stray one must not contradict the framing written here.
-        if name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        if name == header::CONTENT_LENGTH {
-            if framing == Framing::Chunked || (empty && value != "0") || wrote_length {
-                continue;
-            }
-            wrote_length = true;
-        }
-        if name == header::CONNECTION {
-            has_connection_close |= connection_close(value.as_bytes()) == Some(true);
-            if close && !has_connection_close {
-                continue;
-            }
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        fields.write(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    for (name, value) in upstream.iter() {
+        fields.write(out, name, value);
+    }
+    let FieldWriter {
+        wrote_length,
+        has_connection_close,
+        has_date,
+        ..
+    } = fields;
     match framing {
         Framing::Length(n) if !wrote_length => {
             out.put_slice(b"content-length: ");
@@ -237,13 +239,56 @@ pub fn encode_response<B>(
     if close && !has_connection_close {
         out.put_slice(b"connection: close\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !has_date {
         out.put_slice(b"date: ");
         out.put_slice(date);
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");
     framing
+}
+
+/// The response's fields as they are written: the map's and the
+/// upstream's alike (as bytes, names in lower case), under one set of rules.
+struct FieldWriter {
+    framing: Framing,
+    empty: bool,
+    close: bool,
+    wrote_length: bool,
+    has_connection_close: bool,
+    has_date: bool,
+}
+
+impl FieldWriter {
+    #[inline(always)]
+    fn write(&mut self, out: &mut BytesMut, name: &[u8], value: &[u8]) {
+        match name {
+            // The proxy's response never carries hop-by-hop framing, but a
+            // stray one must not contradict the framing written here.
+            b"transfer-encoding" => return,
+            b"content-length" => {
+                if self.framing == Framing::Chunked
+                    || (self.empty && value != b"0")
+                    || self.wrote_length
+                {
+                    return;
+                }
+                self.wrote_length = true;
+            }
+            b"connection" => {
+                self.has_connection_close |= connection_close(value) == Some(true);
+                if self.close && !self.has_connection_close {
+                    return;
+                }
+            }
+            b"date" => self.has_date = true,
+            _ => {}
+        }
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    }
 }
 
 /// Statuses that never carry a body (RFC 9112 §6.3).
@@ -265,6 +310,7 @@ pub fn wants_close<B>(response: &Response<B>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::NO_FIELDS;
     use http::HeaderValue;
 
     fn eligible(raw: &[u8]) -> Option<Eligible> {
@@ -331,7 +377,7 @@ mod tests {
     fn response_framing() {
         let mut out = BytesMut::new();
         let r = Response::new(());
-        let f = encode_response(&mut out, &r, Some(3), false, true, b"D");
+        let f = encode_response(&mut out, &r, &NO_FIELDS, Some(3), false, true, b"D");
         assert_eq!(f, Framing::Length(3));
         assert_eq!(
             &out[..],
@@ -339,7 +385,7 @@ mod tests {
         );
         out.clear();
         assert_eq!(
-            encode_response(&mut out, &r, None, false, false, b"D"),
+            encode_response(&mut out, &r, &NO_FIELDS, None, false, false, b"D"),
             Framing::Chunked
         );
         // An upstream's 204 with the length of a body it did not send.
@@ -349,7 +395,7 @@ mod tests {
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         out.clear();
         assert_eq!(
-            encode_response(&mut out, &r, Some(0), true, false, b"D"),
+            encode_response(&mut out, &r, &NO_FIELDS, Some(0), true, false, b"D"),
             Framing::None
         );
         assert_eq!(&out[..], b"HTTP/1.1 204 No Content\r\ndate: D\r\n\r\n");
@@ -357,12 +403,42 @@ mod tests {
         let r = Response::new(());
         out.clear();
         assert_eq!(
-            encode_response(&mut out, &r, Some(0), true, false, b"D"),
+            encode_response(&mut out, &r, &NO_FIELDS, Some(0), true, false, b"D"),
             Framing::Length(0)
         );
         assert_eq!(
             &out[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ndate: D\r\n\r\n"
         );
+    }
+
+    /// An upstream's fields follow the map's, byte for byte; its
+    /// Content-Length frames the body, its Date replaces the gateway's.
+    #[test]
+    fn upstream_fields_are_copied_after_the_map() {
+        let mut read = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\
+X-Odd: \xffv\r\nSet-Cookie: b=2\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"[..],
+        );
+        let head = crate::upstream::h1::parse_head(&mut read, &Method::POST)
+            .unwrap()
+            .unwrap();
+        let mut r = Response::new(());
+        r.headers_mut()
+            .insert("x-own", HeaderValue::from_static("1"));
+        let mut out = BytesMut::new();
+        let f = encode_response(&mut out, &r, &head.fields, None, false, true, b"D");
+        assert_eq!(f, Framing::Length(3));
+        assert_eq!(
+            &out[..],
+            &b"HTTP/1.1 200 OK\r\nx-own: 1\r\nset-cookie: a=1\r\n\
+date: Mon, 01 Jan 2024 00:00:00 GMT\r\nx-odd: \xffv\r\nset-cookie: b=2\r\n\
+content-length: 3\r\nconnection: close\r\n\r\n"[..]
+        );
+        // An empty body (a HEAD's answer) keeps no non-zero length.
+        out.clear();
+        let f = encode_response(&mut out, &r, &head.fields, Some(0), true, false, b"D");
+        assert_eq!(f, Framing::Length(0));
+        assert!(!out.windows(16).any(|w| w == b"content-length: 3"));
     }
 }

@@ -383,9 +383,10 @@ async fn send(state: &State, route: &Route, record: &Record, attempt: u32) -> At
         let response = pool.send(req).await.map_err(|e| e.to_string())?;
         let status = response.status();
         let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
+            .body()
+            .fields()
+            .get("retry-after")
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         // Read the answer to its end so the connection can carry the next

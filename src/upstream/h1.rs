@@ -9,10 +9,13 @@ use std::mem::MaybeUninit;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+
+use crate::fields::{Fields, MAX_NAME};
+use crate::headers;
 
 /// Response header fields accepted, as hyper's client did.
 const MAX_HEADERS: usize = 100;
@@ -76,7 +79,8 @@ pub struct Conn {
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    /// The end-to-end fields, raw.
+    pub fields: Fields,
     pub body: Decoder,
     /// The response allows another request on this connection.
     pub keep_alive: bool,
@@ -228,17 +232,10 @@ impl Conn {
     }
 
     /// Reads the final response head (interim 1xx answers are skipped) to
-    /// a request with method `method`. The response's fields go into
-    /// `headers` (the request's map, emptied: its allocation is reused, as
-    /// hyper's client did).
-    pub async fn read_head(
-        &mut self,
-        method: &Method,
-        mut headers: HeaderMap,
-    ) -> Result<Head, Error> {
-        headers.clear();
+    /// a request with method `method`.
+    pub async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
         loop {
-            if let Some(head) = self.parse_head(method, &mut headers)? {
+            if let Some(head) = parse_head(&mut self.read, method)? {
                 return Ok(head);
             }
             if self.read.len() >= MAX_HEAD {
@@ -252,172 +249,285 @@ impl Conn {
             }
         }
     }
+}
 
-    /// A final response head from the buffered bytes, if complete.
-    fn parse_head(
-        &mut self,
-        method: &Method,
-        headers: &mut HeaderMap,
-    ) -> Result<Option<Head>, Error> {
-        loop {
-            if self.read.is_empty() {
-                return Ok(None);
-            }
-            // Field positions are noted during the parse, so the head is
-            // frozen once and the values are slices of it, not copies.
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-            let (len, code, minor, count) =
-                {
-                    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-                    let mut response = httparse::Response::new(&mut []);
-                    let parsed = httparse::ParserConfig::default()
-                        .parse_response_with_uninit_headers(&mut response, &self.read, &mut fields);
-                    let len = match parsed {
-                        Ok(httparse::Status::Complete(len)) => len,
-                        Ok(httparse::Status::Partial) => return Ok(None),
-                        Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
-                        Err(e) => return Err(Error::Parse(e)),
-                    };
-                    if len > MAX_HEAD {
-                        return Err(Error::HeadTooLarge);
-                    }
-                    let base = self.read.as_ptr() as usize;
-                    let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-                    for (span, f) in spans.iter_mut().zip(response.headers.iter()) {
-                        let name = at(f.name.as_bytes());
-                        let value = at(f.value);
-                        *span = (
-                            name,
-                            name + f.name.len() as u32,
-                            value,
-                            value + f.value.len() as u32,
-                        );
-                    }
-                    (
-                        len,
-                        response.code.unwrap_or(0),
-                        response.version.unwrap_or(1),
-                        response.headers.len(),
-                    )
-                };
-            let status =
-                StatusCode::from_u16(code).map_err(|_| Error::Parse(httparse::Error::Status))?;
-            let head = self.read.split_to(len).freeze();
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(Error::Upgrade(status));
-            }
-            if status.is_informational() {
-                continue; // 100, 103, …: the final answer follows
-            }
-            let version = if minor == 0 {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            };
-            headers.reserve(count);
-            let mut fields = Fields::default();
-            for &(n0, n1, v0, v1) in &spans[..count] {
-                let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
-                    .map_err(|_| Error::HeaderName)?;
-                let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
-                    .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
-                fields.note(&name, &value);
-                headers.append(name, value);
-            }
-            let headers = std::mem::take(headers);
-            return frame(status, version, headers, &fields, method).map(Some);
+/// A final response head from the bytes at the start of `read` (a
+/// connection's read buffer), if complete: the head is split off `read`
+/// and its end-to-end fields kept raw ([`Fields`]), no map built.
+pub fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+    loop {
+        if read.is_empty() {
+            return Ok(None);
         }
+        // Field positions are noted during the parse, so the head is split
+        // off once and the fields are ranges of it, not copies.
+        let mut spans = Vec::new();
+        let (len, code, minor) = {
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut response,
+                read,
+                &mut fields,
+            );
+            let len = match parsed {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
+                Err(e) => return Err(Error::Parse(e)),
+            };
+            if len > MAX_HEAD {
+                return Err(Error::HeadTooLarge);
+            }
+            let base = read.as_ptr() as usize;
+            let range = |s: &[u8]| {
+                let start = (s.as_ptr() as usize - base) as u32;
+                (start, start + s.len() as u32)
+            };
+            spans.reserve_exact(response.headers.len());
+            spans.extend(
+                response
+                    .headers
+                    .iter()
+                    .map(|f| (range(f.name.as_bytes()), range(f.value))),
+            );
+            (
+                len,
+                response.code.unwrap_or(0),
+                response.version.unwrap_or(1),
+            )
+        };
+        let status =
+            StatusCode::from_u16(code).map_err(|_| Error::Parse(httparse::Error::Status))?;
+        let mut head = read.split_to(len);
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::Upgrade(status));
+        }
+        if status.is_informational() {
+            continue; // 100, 103, …: the final answer follows
+        }
+        let version = if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut notes = Notes::default();
+        for &((ns, ne), (vs, ve)) in &spans {
+            let name = &mut head[ns as usize..ne as usize];
+            // The one name httparse takes and a `HeaderName` does not (an
+            // upstream's answer was a 502 when it was a map, and still is).
+            if name.len() > MAX_NAME {
+                return Err(Error::HeaderName);
+            }
+            // Lower case, as a map had it: the rules below compare bytes,
+            // and the client gets the same names on every path.
+            lowercase_name(name);
+            notes.note(
+                &head[ns as usize..ne as usize],
+                &head[vs as usize..ve as usize],
+            );
+        }
+        let framed = frame(status, version, &notes, method)?;
+        let fields = end_to_end(
+            head.freeze(),
+            spans,
+            notes.connection_names,
+            framed.drop_length,
+        );
+        return Ok(Some(Head {
+            status,
+            version,
+            fields,
+            body: framed.body,
+            keep_alive: framed.keep_alive,
+        }));
     }
+}
+
+/// Where a field's name and value are in the head.
+type Span = ((u32, u32), (u32, u32));
+
+/// The fields of `spans` (every field of `head`, names already lower-case)
+/// that go on to the client by [`headers::crosses_to_client`].
+/// `connection_names`: some Connection value names fields (usually none
+/// does, and no list is built). `drop_length`: Content-Length goes too (a
+/// Transfer-Encoding came with it and overrides it).
+fn end_to_end(
+    head: Bytes,
+    mut spans: Vec<Span>,
+    connection_names: bool,
+    drop_length: bool,
+) -> Fields {
+    let at = |(s, e): (u32, u32)| &head[s as usize..e as usize];
+    let named = if connection_names {
+        headers::connection_tokens(
+            spans
+                .iter()
+                .filter(|&&(n, _)| at(n) == b"connection")
+                .map(|&(_, v)| at(v)),
+        )
+    } else {
+        Vec::new()
+    };
+    spans.retain(|&(n, _)| {
+        let name = at(n);
+        headers::crosses_to_client(name, &named) && !(drop_length && name == b"content-length")
+    });
+    Fields::new(head, spans)
+}
+
+/// Lower-cases a field name in place: eight bytes at a time (a name of
+/// five or six fields is lower-cased on every response; byte by byte that
+/// was about 280 instructions a response under callgrind). The last eight
+/// bytes may overlap the eight before: lower-casing twice changes nothing.
+fn lowercase_name(name: &mut [u8]) {
+    let Some(last) = name.len().checked_sub(8) else {
+        name.make_ascii_lowercase();
+        return;
+    };
+    let mut at = 0;
+    loop {
+        let start = at.min(last);
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&name[start..start + 8]);
+        let word = lowercase_word(u64::from_ne_bytes(word));
+        name[start..start + 8].copy_from_slice(&word.to_ne_bytes());
+        if start == last {
+            return;
+        }
+        at += 8;
+    }
+}
+
+/// Eight name bytes lower-cased at once. Names are token bytes, all below
+/// 0x80, so adding below 0x80 to each byte never carries into the next:
+/// a byte's top bit then says whether it was at least `A`, and (the other
+/// sum) above `Z`; `A`..=`Z` gain 0x20.
+fn lowercase_word(w: u64) -> u64 {
+    const LANES: u64 = 0x0101_0101_0101_0101;
+    let at_least_a = w + LANES * (0x80 - b'A' as u64);
+    let above_z = w + LANES * (0x80 - b'Z' as u64 - 1);
+    let upper = at_least_a & !above_z & (LANES * 0x80);
+    w | (upper >> 2)
 }
 
 /// What the framing fields of a response head say, noted as the fields are
 /// read (no lookups afterwards).
 #[derive(Debug, Default)]
-struct Fields {
+struct Notes {
     close: bool,
     keep_alive: bool,
     transfer_encoding: bool,
     /// The last Transfer-Encoding field's final coding is `chunked`.
     chunked: bool,
+    /// Some Content-Length field, valid or not.
+    length_field: bool,
+    /// Some Connection value holds more than `close` and `keep-alive`: it
+    /// may name fields, which are dropped too.
+    connection_names: bool,
     length: Option<u64>,
     bad_length: bool,
 }
 
-impl Fields {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
-        if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-            let last = value.as_bytes().rsplit(|&b| b == b',').next();
-            self.chunked = last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONTENT_LENGTH {
-            // Every field and every list element: the same decimal number.
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let Some(n) = crate::headers::content_length_value(part.trim_ascii()) else {
-                    self.bad_length = true;
-                    continue;
-                };
-                match self.length {
-                    Some(prev) if prev != n => self.bad_length = true,
-                    _ => self.length = Some(n),
+impl Notes {
+    /// Notes one field (`name` in lower case).
+    fn note(&mut self, name: &[u8], value: &[u8]) {
+        match name {
+            b"connection" => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !token.is_empty() {
+                        // Perhaps a field name: `headers::connection_tokens`
+                        // decides, once the fields are all read.
+                        self.connection_names = true;
+                    }
                 }
             }
+            b"transfer-encoding" => {
+                self.transfer_encoding = true;
+                let last = value.rsplit(|&b| b == b',').next();
+                self.chunked =
+                    last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            b"content-length" => {
+                self.length_field = true;
+                // Every field and every list element: the same decimal number.
+                for part in value.split(|&b| b == b',') {
+                    let Some(n) = headers::content_length_value(part.trim_ascii()) else {
+                        self.bad_length = true;
+                        continue;
+                    };
+                    match self.length {
+                        Some(prev) if prev != n => self.bad_length = true,
+                        _ => self.length = Some(n),
+                    }
+                }
+            }
+            _ => {}
         }
     }
+}
+
+/// How a final response's body is framed, and what that means for the
+/// connection and the fields.
+#[derive(Debug)]
+struct Framed {
+    body: Decoder,
+    keep_alive: bool,
+    /// Content-Length must not be passed on: Transfer-Encoding overrides it.
+    drop_length: bool,
 }
 
 /// The body framing of a final response, RFC 9112 §6.3 in its order.
 fn frame(
     status: StatusCode,
     version: Version,
-    mut headers: HeaderMap,
-    fields: &Fields,
+    notes: &Notes,
     method: &Method,
-) -> Result<Head, Error> {
+) -> Result<Framed, Error> {
     let mut keep_alive = match version {
-        Version::HTTP_10 => fields.keep_alive && !fields.close,
-        _ => !fields.close,
+        Version::HTTP_10 => notes.keep_alive && !notes.close,
+        _ => !notes.close,
     };
+    let mut drop_length = false;
     let body = if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Decoder::Length(0)
-    } else if fields.transfer_encoding {
+    } else if notes.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(Error::TransferEncodingHttp10);
         }
         // Transfer-Encoding overrides Content-Length, which must not be
         // passed on; a message with both is a smuggling attempt or a bug,
         // so the connection is not used again.
-        if headers.remove(header::CONTENT_LENGTH).is_some() {
+        if notes.length_field {
+            drop_length = true;
             keep_alive = false;
         }
-        if fields.chunked {
+        if notes.chunked {
             Decoder::Chunked(Chunk::Size)
         } else {
             keep_alive = false;
             Decoder::Close
         }
-    } else if fields.bad_length {
+    } else if notes.bad_length {
         return Err(Error::ContentLength);
-    } else if let Some(len) = fields.length {
+    } else if let Some(len) = notes.length {
         Decoder::Length(len)
     } else {
         keep_alive = false;
         Decoder::Close
     };
-    Ok(Head {
-        status,
-        version,
-        headers,
+    Ok(Framed {
         body,
         keep_alive,
+        drop_length,
     })
 }
 
@@ -607,31 +717,38 @@ pub fn encode_head(
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    /// Parses a whole head: `{version} {status} X`, `pairs`, blank line.
+    fn parse(
+        status: u16,
+        version: &str,
+        pairs: &[(&str, &str)],
+        method: &Method,
+    ) -> Result<Head, Error> {
+        let mut wire = format!("{version} {status} X\r\n");
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            wire += &format!("{k}: {v}\r\n");
         }
-        h
+        wire += "\r\n";
+        let mut buf = BytesMut::from(wire.as_bytes());
+        let head = parse_head(&mut buf, method)?.expect("a whole head");
+        assert!(buf.is_empty());
+        Ok(head)
     }
 
-    fn fields(h: &HeaderMap) -> Fields {
-        let mut f = Fields::default();
-        for (name, value) in h {
-            f.note(name, value);
-        }
-        f
+    fn names_values(f: &Fields) -> Vec<(String, Vec<u8>)> {
+        f.iter()
+            .map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), v.to_vec()))
+            .collect()
     }
 
     #[test]
     fn content_lengths_must_agree() {
         let cl = |v: &[&str]| {
-            let pairs: Vec<_> = v.iter().map(|v| ("content-length", *v)).collect();
-            let f = fields(&headers(&pairs));
-            (!f.bad_length).then_some(f.length)
+            let mut n = Notes::default();
+            for v in v {
+                n.note(b"content-length", v.as_bytes());
+            }
+            (!n.bad_length).then_some(n.length)
         };
         assert_eq!(cl(&["5"]), Some(Some(5)));
         assert_eq!(cl(&["5", "5"]), Some(Some(5)));
@@ -652,24 +769,23 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112_order() {
         let post = Method::POST;
-        let f = |status: u16, version, pairs: &[(&str, &str)], method: &Method| {
-            let h = headers(pairs);
-            let fields = fields(&h);
-            frame(
-                StatusCode::from_u16(status).unwrap(),
-                version,
-                h,
-                &fields,
-                method,
-            )
+        let f = |status: u16, version: Version, pairs: &[(&str, &str)], method: &Method| {
+            let version = if version == Version::HTTP_10 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            };
+            parse(status, version, pairs, method)
         };
         let v11 = Version::HTTP_11;
         let h = f(204, v11, &[("content-length", "5")], &post).unwrap();
         assert_eq!((h.body, h.keep_alive), (Decoder::Length(0), true));
         let h = f(200, v11, &[("content-length", "5")], &Method::HEAD).unwrap();
         assert_eq!(h.body, Decoder::Length(0));
+        assert_eq!(h.fields.get("content-length"), Some(&b"5"[..]));
         let te_cl = [
-            ("transfer-encoding", "gzip, chunked"),
+            ("Transfer-Encoding", "gzip, chunked"),
+            ("Content-Length", "5"),
             ("content-length", "5"),
         ];
         let h = f(200, v11, &te_cl, &post).unwrap();
@@ -677,7 +793,7 @@ mod tests {
             (h.body, h.keep_alive),
             (Decoder::Chunked(Chunk::Size), false)
         );
-        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(h.fields.is_empty(), "{:?}", h.fields);
         let h = f(200, v11, &[("transfer-encoding", "chunked, gzip")], &post).unwrap();
         assert_eq!((h.body, h.keep_alive), (Decoder::Close, false));
         let h = f(200, v11, &[], &post).unwrap();
@@ -691,6 +807,137 @@ mod tests {
         let te10 = [("transfer-encoding", "chunked")];
         assert!(f(200, Version::HTTP_10, &te10, &post).is_err());
         assert!(f(200, v11, &[("content-length", "1, 2")], &post).is_err());
+    }
+
+    /// The end-to-end fields, in order, names lower-cased, values byte for
+    /// byte (obs-text included); hop-by-hop and Connection-named ones gone;
+    /// the body stays in the buffer; interim answers are skipped.
+    #[test]
+    fn end_to_end_fields_are_kept_raw() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nConnection: X-Private, keep-alive\r\n\
+X-Private: gone\r\nKeep-Alive: timeout=5\r\nX-MiXeD: caf\xc3\xa9 \xff\tend\r\n\
+Set-Cookie: b=2\r\nx-private: gone too\r\nTrailer: x\r\nContent-Length: 4\r\n\
+Proxy-Connection: x\r\nTE: trailers\r\nUpgrade: h2c\r\n\r\nbody"[..],
+        );
+        let head = parse_head(&mut buf, &Method::POST).unwrap().unwrap();
+        assert_eq!(&buf[..], b"body");
+        assert_eq!(
+            (head.status, head.body, head.keep_alive),
+            (StatusCode::OK, Decoder::Length(4), true)
+        );
+        let want: Vec<(String, Vec<u8>)> = [
+            ("set-cookie", &b"a=1"[..]),
+            ("x-mixed", b"caf\xc3\xa9 \xff\tend"),
+            ("set-cookie", b"b=2"),
+            ("content-length", b"4"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .collect();
+        assert_eq!(names_values(&head.fields), want);
+        assert_eq!(head.fields.get("set-cookie"), Some(&b"a=1"[..]));
+        // Values never show in Debug output.
+        assert_eq!(
+            format!("{:?}", head.fields),
+            r#"["set-cookie", "x-mixed", "set-cookie", "content-length"]"#
+        );
+        // hyper's map gets the same fields; a map keeps the values of a
+        // name together (their order kept), so the second Set-Cookie moves
+        // up to the first: all the order RFC 9110 §5.3 gives meaning to.
+        let mut map = http::HeaderMap::new();
+        head.fields.append_to(&mut map);
+        let from_map: Vec<(String, Vec<u8>)> = map
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let grouped = [0, 2, 1, 3].map(|i| want[i].clone());
+        assert_eq!(from_map, grouped);
+    }
+
+    /// Eight at a time or one by one, every token byte at every position
+    /// of names of every length up to 24 is lower-cased as
+    /// `make_ascii_lowercase` does.
+    #[test]
+    fn names_lowercase_like_std() {
+        let tokens: Vec<u8> = (0..=255u8).filter(|&b| httparse_token(b)).collect();
+        for len in 1..=24 {
+            for (i, &b) in tokens.iter().enumerate() {
+                let mut name: Vec<u8> = (0..len)
+                    .map(|k| tokens[(i + k * 7) % tokens.len()])
+                    .collect();
+                name[len / 2] = b;
+                let mut want = name.clone();
+                want.make_ascii_lowercase();
+                lowercase_name(&mut name);
+                assert_eq!(name, want, "{len} {b:#04x}");
+            }
+        }
+    }
+
+    /// A token byte, as httparse takes it in a name: a name of this byte
+    /// parses.
+    fn httparse_token(b: u8) -> bool {
+        let wire = [&b"HTTP/1.1 200 OK\r\n"[..], &[b], b": v\r\n\r\n"].concat();
+        let mut fields = [httparse::EMPTY_HEADER; 1];
+        httparse::Response::new(&mut fields).parse(&wire).is_ok()
+    }
+
+    /// A name `http` cannot hold is a 502, as when the head became a map.
+    #[test]
+    fn overlong_field_name_is_refused() {
+        let name = "x".repeat(MAX_NAME + 1);
+        assert!(matches!(
+            parse(
+                200,
+                "HTTP/1.1",
+                &[(&name, "v"), ("content-length", "0")],
+                &Method::POST
+            ),
+            Err(Error::HeaderName)
+        ));
+        let name = "x".repeat(MAX_NAME);
+        let h = parse(
+            200,
+            "HTTP/1.1",
+            &[(&name, "v"), ("content-length", "0")],
+            &Method::POST,
+        )
+        .unwrap();
+        assert_eq!(h.fields.len(), 2);
+    }
+
+    /// Whatever byte httparse takes in a name or a value, `http` takes too:
+    /// the fields can always be moved into hyper's map, so the fast path
+    /// and hyper relay the same fields.
+    #[test]
+    fn httparse_and_http_agree_on_every_byte() {
+        for b in 0..=255u8 {
+            for wire in [
+                [
+                    &b"HTTP/1.1 200 OK\r\nx"[..],
+                    &[b],
+                    b": v\r\ncontent-length: 0\r\n\r\n",
+                ]
+                .concat(),
+                [
+                    &b"HTTP/1.1 200 OK\r\nx: a"[..],
+                    &[b],
+                    b"a\r\ncontent-length: 0\r\n\r\n",
+                ]
+                .concat(),
+            ] {
+                let Ok(Some(head)) = parse_head(&mut BytesMut::from(&wire[..]), &Method::POST)
+                else {
+                    continue;
+                };
+                let n = head.fields.len();
+                let mut map = http::HeaderMap::new();
+                head.fields.append_to(&mut map);
+                assert_eq!(map.len(), n, "byte {b:#04x}");
+            }
+        }
     }
 
     fn decode_all(mut d: Decoder, wire: &[u8]) -> Result<(Vec<u8>, Decoder, usize), Error> {

@@ -13,6 +13,10 @@
 //! with it. A connection that went away while idle is noticed before use,
 //! and a request of which nothing could be written on a reused connection
 //! is sent again on another one; never once bytes went out.
+//!
+//! The response's header fields are not a `HeaderMap`: the end-to-end ones
+//! travel raw with the body ([`Fields`], hop-by-hop ones already dropped),
+//! and the response's own map stays empty.
 
 pub mod h1;
 
@@ -24,12 +28,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::ReplayBody;
+pub use crate::fields::{Fields, NONE as NO_FIELDS};
 use h1::{Conn, Decoder};
 
 /// Idle connections are not reused after this long (the upstream may have
@@ -135,7 +140,8 @@ impl Pool {
     }
 
     /// Sends `req` on an idle connection, or a new one, and reads the
-    /// response head. A request of which nothing was written on a reused
+    /// response head (its end-to-end fields are in the body:
+    /// [`UpstreamBody::fields`]). A request of which nothing was written on a reused
     /// connection (it was closing) is sent again on another connection.
     pub async fn send(
         self: &Arc<Self>,
@@ -173,10 +179,7 @@ impl Pool {
         // Written: the body's buffers go now, not after the upstream's
         // answer (with 64 concurrent 1 MiB uploads that is megabytes).
         drop(body);
-        let head = conn
-            .read_head(method, HeaderMap::new())
-            .await
-            .map_err(|e| self.failed(e))?;
+        let head = conn.read_head(method).await.map_err(|e| self.failed(e))?;
         let mut body = UpstreamBody {
             conn: Some(conn),
             decoder: head.body,
@@ -184,12 +187,12 @@ impl Pool {
             // waiting for the rest: never reused.
             keep_alive: head.keep_alive && complete,
             pool: self.clone(),
+            fields: head.fields,
         };
         body.end_if_complete();
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
         Ok(response)
     }
 }
@@ -205,9 +208,23 @@ pub struct UpstreamBody {
     decoder: Decoder,
     keep_alive: bool,
     pool: Arc<Pool>,
+    /// The response's end-to-end header fields: they travel with the body
+    /// (the response's map stays empty), so the HTTP/1.1 fast path writes
+    /// them without a map ever being built.
+    fields: Fields,
 }
 
 impl UpstreamBody {
+    /// The response's end-to-end header fields.
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    /// Takes the fields out (for a response hyper writes from its map).
+    pub fn take_fields(&mut self) -> Fields {
+        std::mem::take(&mut self.fields)
+    }
+
     /// Once the body is complete: the connection goes back to the pool if
     /// it can carry another request and holds no byte beyond this response.
     fn end_if_complete(&mut self) {

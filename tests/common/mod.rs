@@ -513,6 +513,8 @@ pub struct RawResponse {
     pub status: u16,
     /// Status line and header fields as received.
     pub head: String,
+    /// The same, byte for byte (obs-text included).
+    pub raw_head: Vec<u8>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -523,6 +525,18 @@ impl RawResponse {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The header fields in wire order, names and values byte for byte as
+    /// received.
+    pub fn raw_fields(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut hs);
+        resp.parse(&self.raw_head).unwrap();
+        resp.headers
+            .iter()
+            .map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec()))
+            .collect()
     }
 }
 
@@ -562,7 +576,8 @@ pub async fn try_read_buffered<S: tokio::io::AsyncRead + Unpin>(
         }
         read_more(stream, buf, deadline, within).await?;
     };
-    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let raw_head = buf[..n].to_vec();
+    let head = String::from_utf8_lossy(&raw_head).into_owned();
     let cl = headers
         .iter()
         .find(|(k, _)| k == "content-length")
@@ -594,6 +609,7 @@ pub async fn try_read_buffered<S: tokio::io::AsyncRead + Unpin>(
     Ok(RawResponse {
         status,
         head,
+        raw_head,
         headers,
         body,
     })
@@ -676,6 +692,33 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> (RawResponse, TcpStream) {
     stream.write_all(request).await.unwrap();
     let response = read_response(&mut stream).await;
     (response, stream)
+}
+
+/// POSTs `body` signed with `sig` to `path` at `addr` over HTTP/2 with
+/// prior knowledge (h2c, hyper's client): status, header fields, body.
+pub async fn h2c_post(
+    addr: SocketAddr,
+    path: &str,
+    sig: &str,
+    body: &'static [u8],
+) -> (u16, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://hooks.test{path}"))
+        .header("x-adsumo-signature", sig)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(body)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status.as_u16(), parts.headers, body)
 }
 
 /// Sends `request` `n` times on one keep-alive connection, pipelined in
