@@ -151,6 +151,24 @@ secret = {{ env = "S" }}
             p = self.start([binary, "run", "--config", f"{d}/hg{i}.toml"], 1, f"{d}/hg{i}.log", env)
             wait_port(hg)
             self.targets[name] = (hg, p.pid, lambda admin=admin: hookgate_count(admin))
+            if a.no_hash:
+                # The same gateway doing everything but the HMAC: a shadow
+                # route whose scheme (GitHub's) reads a field the load does
+                # not send, so no body is hashed; the request is forwarded
+                # and logged as usual (outcome shadow_invalid), and the
+                # per-request warn line is filtered out.
+                hg2, admin2 = free_port(), free_port()
+                conf = open(f"{d}/hg{i}.toml").read()
+                conf = conf.replace(f"127.0.0.1:{hg}", f"127.0.0.1:{hg2}") \
+                           .replace(f"127.0.0.1:{admin}", f"127.0.0.1:{admin2}")
+                conf += 'scheme = "github"\nenforce = false\n'
+                open(f"{d}/hg{i}-nohash.toml", "w").write(conf)
+                env2 = dict(env, HOOKGATE_LOG=f"{a.log},hookgate::proxy=error")
+                p2 = self.start([binary, "run", "--config", f"{d}/hg{i}-nohash.toml"], 1,
+                                f"{d}/hg{i}-nohash.log", env2)
+                wait_port(hg2)
+                self.targets[f"{name} no-hash"] = (hg2, p2.pid,
+                                                   lambda admin=admin2: hookgate_count(admin))
         if a.nginx:
             ng, status = free_port(), free_port()
             conf = nginx_conf(f"{d}/ng", f"""
@@ -242,6 +260,9 @@ def main():
     p.add_argument("--window", type=float, default=1.2)
     p.add_argument("--rounds", type=int, default=1, help="repeat, rotating the target order; median CPU table")
     p.add_argument("--nginx", action="store_true", help="profile nginx proxy_pass too")
+    p.add_argument("--no-hash", action="store_true",
+                   help="also each hookgate binary on a shadow route that hashes nothing "
+                        "(everything but the HMAC, measured)")
     p.add_argument("--record", metavar="DIR", help="also `perf record -g` each target and body into DIR")
     p.add_argument("--tls", action="store_true", help="the proxies terminate TLS (self-signed P-256)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, traces)")

@@ -43,6 +43,10 @@
 #                    SQLite file: [spool] + delivery = "on_failure" (healthy upstream:
 #                    nothing spooled) without and with replay_window (a primary-key read
 #                    per request, a write in the spool's group commit)
+#   NOHASH=1         1: also "hookgate, no hash": the same gateway on a shadow route whose
+#                    scheme (GitHub's) reads a field the load does not send, so no body is
+#                    hashed and the request is forwarded and logged as usual: everything but
+#                    the HMAC, measured (the report compares it with nginx). 0: no such row
 #   SPOOL=0          1: the spool's cost and speed (issue 9) instead, at 1 KiB: hookgate with
 #                    delivery = "sync", "on_failure" (healthy upstream: nothing is kept) and
 #                    "always" (every request committed to SQLite before its 202), then a
@@ -74,6 +78,7 @@ POOL_SIZE=${POOL_SIZE:-4096}
 REPLAY_WINDOW=${REPLAY_WINDOW:-50ms}
 REPLAY_SPOOL=${REPLAY_SPOOL:-0}
 SPOOL=${SPOOL:-0}
+NOHASH=${NOHASH:-1}
 DRAIN_N=${DRAIN_N:-100000}
 LUA=$HERE/post.lua
 if [[ $SPOOL == 1 ]]; then
@@ -388,10 +393,10 @@ ${5:-}
 EOF
 }
 
-start_hookgate() {  # start_hookgate NAME CONFIG PORT -> HG_PID
-  local name=$1 conf=$2 port=$3 logf=$TMP/$1.log
+start_hookgate() {  # start_hookgate NAME CONFIG PORT [LOG_FILTER] -> HG_PID
+  local name=$1 conf=$2 port=$3 logf=$TMP/$1.log filter=${4:-$HOOKGATE_LOG_LEVEL}
   "$HG" check --config "$conf" >/dev/null || die "$name: hookgate check rejected $conf"
-  start_bg "$name" "$PROXY_PIN" "$logf" env HOOKGATE_LOG="$HOOKGATE_LOG_LEVEL" "$HG" run --config "$conf"
+  start_bg "$name" "$PROXY_PIN" "$logf" env HOOKGATE_LOG="$filter" "$HG" run --config "$conf"
   HG_PID=$LAST_PID
   py wait-port "$port" --name "$name" --pid "$HG_PID" --log "$logf"
 }
@@ -444,7 +449,7 @@ preflight() {
       want=${T_EXPECT[${T_NAMES[$i]}]:-200 upstream}
       [[ $got == "$want" ]] \
         || die "pre-flight: ${T_NAMES[$i]} ${BODY_LABELS[$b]} signed POST gave '$got', want '$want'"
-      if [[ ${T_NAMES[$i]} == hookgate* ]]; then
+      if [[ ${T_NAMES[$i]} == hookgate* && ${T_NAMES[$i]} != *nohash ]]; then
         # Same length, one hex digit changed: only the MAC comparison can reject it.
         bad=${BODY_SIGS[$b]}
         [[ ${bad:0:1} == 0 ]] && bad=1${bad:1} || bad=0${bad:1}
@@ -473,6 +478,22 @@ hookgate_conf "$TMP/hookgate.toml" "$HG_PORT" "$HG_ADMIN_PORT" ""
 start_hookgate hookgate "$TMP/hookgate.toml" "$HG_PORT"
 HG_IDLE_RSS=$(py rss "$HG_PID")   # before any request
 register_target hookgate "hookgate" "http://127.0.0.1:$HG_PORT$ROUTE_PATH" "$HG_PID" "$HG_PID"
+MAIN_HG_PID=$HG_PID
+
+if [[ $NOHASH == 1 && $REPLAY != 1 && $SPOOL != 1 ]]; then
+  # Everything but the HMAC, measured: a shadow route (enforce = false) whose
+  # scheme reads X-Hub-Signature-256, which the load does not send, so the
+  # body is read and forwarded unhashed and the access line written as for
+  # any request (outcome shadow_invalid); the shadow warn line is filtered
+  # out (hookgate::proxy=error), as it is not part of a verified request.
+  read -r HGN_PORT HGN_ADMIN_PORT < <(py ports 2)
+  hookgate_conf "$TMP/hookgate-nohash.toml" "$HGN_PORT" "$HGN_ADMIN_PORT" "" \
+    $'scheme = "github"\nenforce = false'
+  start_hookgate hookgate-nohash "$TMP/hookgate-nohash.toml" "$HGN_PORT" "$HOOKGATE_LOG_LEVEL,hookgate::proxy=error"
+  register_target hookgate+nohash "hookgate, no hash (shadow route, nothing to verify)" \
+    "http://127.0.0.1:$HGN_PORT$ROUTE_PATH" "$HG_PID" "$HG_PID"
+  HG_PID=$MAIN_HG_PID
+fi
 
 if [[ $REPLAY == 1 ]]; then
   # Same binary, same route, replay defence on, pinned to the same proxy
