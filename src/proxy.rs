@@ -555,7 +555,7 @@ impl Proxy {
         ex.body_done = true;
         ex.body_bytes = Some(frames.len());
         let mut claim = None;
-        if let Some(verifier) = verifier {
+        if let Some(verifier) = verifier.as_mut() {
             match verifier.finish(frames.bufs()) {
                 Ok(verified) => {
                     if let Some(m) = state.route_metrics(route) {
