@@ -16,6 +16,7 @@
 //! match in [`ProxyError::classify`].
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{self, BodyError};
 use crate::config::{Config, Delivery, Route};
@@ -451,11 +452,15 @@ impl Proxy {
     /// Serves one request; never fails and never panics on peer input.
     /// The body is hyper's (`Incoming`) or the HTTP/1.1 fast path's
     /// (`h1::RequestBody`): any body of `Bytes` frames whose errors box.
+    /// `timer`: the connection's timer for the wait on the upstream, reused
+    /// from request to request (the HTTP/1.1 fast path has one); `None`
+    /// makes one for this request.
     pub async fn handle<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
         head: RequestHead,
         body: B,
+        timer: Option<&mut UpstreamTimer>,
     ) -> Response<ResponseBody>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -477,7 +482,10 @@ impl Proxy {
             outcome: Outcome::Forwarded,
         };
         let state = ex.state.clone();
-        let (response, body) = match self.handle_inner(&state, &conn, head, body, &mut ex).await {
+        let (response, body) = match self
+            .handle_inner(&state, &conn, head, body, timer, &mut ex)
+            .await
+        {
             Ok(Reply::Upstream(response)) => {
                 let (parts, body) = response.into_parts();
                 (Response::from_parts(parts, ()), Inner::Upstream(body))
@@ -510,6 +518,7 @@ impl Proxy {
         conn: &ConnInfo,
         head: RequestHead,
         mut body: B,
+        timer: Option<&mut UpstreamTimer>,
         ex: &mut Exchange,
     ) -> Result<Reply, ProxyError>
     where
@@ -629,7 +638,12 @@ impl Proxy {
             headers::write_upstream_head(out, &upstream_head);
         };
         let sending = pool.send_head(&head.method, encode, frames.into_body());
-        let attempt = tokio::time::timeout(route.upstream_timeout, sending).await;
+        let attempt = match timer {
+            Some(timer) => within(timer, route.upstream_timeout, sending).await,
+            None => tokio::time::timeout(route.upstream_timeout, sending)
+                .await
+                .map_err(|_| TimedOut),
+        };
         if let Ok(Ok(_)) = &attempt {
             // Upstream time is the time to response headers: only when some came.
             ex.upstream_time = Some(sent.elapsed());
@@ -780,6 +794,43 @@ impl Kept {
     }
 }
 
+/// A connection's timer for the wait on the upstream, made at its first
+/// request.
+pub type UpstreamTimer = Option<Pin<Box<Sleep>>>;
+
+/// No answer from the upstream within `upstream_timeout`.
+#[derive(Debug)]
+pub struct TimedOut;
+
+/// `fut`, bounded by `limit` from now, on the connection's `timer`. Each
+/// request's deadline is later than the one before, so moving the timer
+/// only updates its entry in tokio's timer wheel, where a new timer per
+/// request was an insertion and a removal under the driver's lock.
+async fn within<F: Future>(
+    timer: &mut UpstreamTimer,
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, TimedOut> {
+    let at = Instant::now() + limit;
+    let mut sleep = match timer {
+        Some(sleep) => {
+            sleep.as_mut().reset(at);
+            sleep.as_mut()
+        }
+        None => timer
+            .insert(Box::pin(tokio::time::sleep_until(at)))
+            .as_mut(),
+    };
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        sleep.as_mut().poll(cx).map(|()| Err(TimedOut))
+    })
+    .await
+}
+
 /// Records a delivery in the replay store: once the app answered 2xx, or
 /// once the spool holds it (SPEC §10).
 fn commit(claim: Option<Claim<'_>>) {
@@ -792,7 +843,7 @@ fn commit(claim: Option<Claim<'_>>) {
 /// no complete response headers (connect error, reset, timeout) or a 5xx,
 /// 408 or 429. `None`: it did not fail.
 fn sync_failure(
-    attempt: &Result<Result<Response<UpstreamBody>, UpstreamError>, tokio::time::error::Elapsed>,
+    attempt: &Result<Result<Response<UpstreamBody>, UpstreamError>, TimedOut>,
 ) -> Option<Note> {
     match attempt {
         Err(_) => Some(Note {

@@ -288,7 +288,7 @@ fn service(
         async move {
             let (parts, body) = req.into_parts();
             let head = RequestHead::from_parts(parts);
-            let mut response = proxy.handle(conn, head, body).await;
+            let mut response = proxy.handle(conn, head, body, None).await;
             ResponseBody::fields_into_map(&mut response);
             Ok::<_, Infallible>(response.map(|body| Counted { body, open }))
         }

@@ -274,6 +274,43 @@ async fn upstream_failures_map_to_502_and_504() {
     gw.stop().await;
 }
 
+/// On one keep-alive connection each request gets its whole
+/// upstream_timeout (the fast path reuses one timer per connection and
+/// moves it to each request's deadline): a second slow answer that ends
+/// after the first request's deadline is relayed, a hang gets 504 at its
+/// own deadline, and the request after that 504 is answered normally.
+#[tokio::test]
+async fn each_request_on_a_connection_gets_its_own_upstream_timeout() {
+    use std::time::{Duration, Instant};
+    let slow = Upstream::start(Behaviour::Delay(Duration::from_millis(250))).await;
+    let gw = Gateway::start(&two_routes(slow.addr, "upstream_timeout = \"400ms\"")).await;
+    let request = post("/webhooks/a", Some(&sign(SECRET_A, JSON)), JSON, "");
+    let started = Instant::now();
+    let (first, mut stream) = raw(gw.addr, &request).await;
+    assert_eq!(first.status, 201);
+    stream.write_all(&request).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 201);
+    assert!(
+        started.elapsed() > Duration::from_millis(400),
+        "the second answer came after the first request's deadline"
+    );
+
+    slow.set(Behaviour::Hang);
+    let hung = Instant::now();
+    stream.write_all(&request).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 504);
+    let waited = hung.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(2),
+        "504 after {waited:?}"
+    );
+
+    slow.set(Behaviour::Respond);
+    stream.write_all(&request).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 201);
+    gw.stop().await;
+}
+
 /// An HTTP/2 client with prior knowledge (h2c): a valid webhook is
 /// forwarded (with Host taken from :authority), an invalid one gets 401.
 #[tokio::test]

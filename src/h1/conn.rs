@@ -69,6 +69,7 @@ where
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut timer = None;
+    let mut upstream_timer = None;
     loop {
         let waiting = Waiting {
             stopping: &mut c.stopping,
@@ -101,7 +102,12 @@ where
         // Pinned where it is built (the handler's future is large, and
         // each move of it is a copy), and dropped before the reader is.
         let response = {
-            let handling = std::pin::pin!(c.proxy.clone().handle(c.info.clone(), request, body));
+            let handling = std::pin::pin!(c.proxy.clone().handle(
+                c.info.clone(),
+                request,
+                body,
+                Some(&mut upstream_timer)
+            ));
             until_client_gone(handling, &reader).await
         };
         let Some(response) = response else {
