@@ -563,9 +563,13 @@ impl Proxy {
                 .map_err(ProxyError::Body)?;
         ex.body_done = true;
         ex.body_bytes = Some(frames.len());
+        // The verifier (~2 KB) ends here: dropped before the awaits below, so
+        // the future does not carry it through them.
+        let verdict = verifier.as_mut().map(|v| v.finish(frames.bufs()));
+        drop(verifier);
         let mut claim = None;
-        if let Some(verifier) = verifier.as_mut() {
-            match verifier.finish(frames.bufs()) {
+        if let Some(verdict) = verdict {
+            match verdict {
                 Ok(verified) => {
                     if let Some(m) = state.route_metrics(route) {
                         m.key_matched(verified.key);

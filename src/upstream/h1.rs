@@ -141,32 +141,34 @@ impl Conn {
         let mut frame_at = 0;
         let mut written_any = false;
         loop {
-            let mut slices = [IoSlice::new(&[]); IOV];
-            let mut n = 0;
-            if head_at < self.head.len() {
-                slices[0] = IoSlice::new(&self.head[head_at..]);
-                n = 1;
-            }
-            let mut at = frame_at;
-            for buf in body.iter().skip(frame) {
-                if n == IOV {
-                    break;
-                }
-                slices[n] = IoSlice::new(&buf[at..]);
-                at = 0;
-                n += 1;
-            }
-            if n == 0 {
+            if head_at >= self.head.len() && frame >= body.len() {
                 return Ok(true);
             }
+            let head = &self.head[head_at..];
             let stream = &mut self.stream;
             let read = &mut self.read;
-            let slices = &slices[..n];
             // Only while the socket takes no more: the common write
-            // completes at once and never looks at the read side.
+            // completes at once and never looks at the read side. The
+            // slices are built on each poll, not kept across the await:
+            // 64 of them would add 1 KiB to every future that holds this one.
             let written = std::future::poll_fn(|cx| {
+                let mut slices = [IoSlice::new(&[]); IOV];
+                let mut n = 0;
+                if !head.is_empty() {
+                    slices[0] = IoSlice::new(head);
+                    n = 1;
+                }
+                let mut at = frame_at;
+                for buf in body.iter().skip(frame) {
+                    if n == IOV {
+                        break;
+                    }
+                    slices[n] = IoSlice::new(&buf[at..]);
+                    at = 0;
+                    n += 1;
+                }
                 if let Poll::Ready(r) =
-                    std::pin::Pin::new(&mut *stream).poll_write_vectored(cx, slices)
+                    std::pin::Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n])
                 {
                     return Poll::Ready(Some(r));
                 }
