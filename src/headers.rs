@@ -12,10 +12,6 @@ use http::Method;
 
 use crate::fields::Fields;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 /// Connection-specific fields that never cross a proxy (RFC 9110 §7.6.1),
 /// by lower-case name. Bytes, not `HeaderName`s: the upstream client checks
 /// a response's fields without building a map.
@@ -231,7 +227,7 @@ fn lower_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.reserve(name.len() + value.len() + 4);
     let at = out.len();
     out.extend_from_slice(name);
-    out[at..].make_ascii_lowercase();
+    crate::fields::lowercase_name(&mut out[at..]);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");

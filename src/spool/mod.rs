@@ -292,7 +292,9 @@ pub fn jitter(d: Duration) -> Duration {
 }
 
 /// Header fields in wire form (`name: value\r\n`), the form they are stored
-/// and shown in.
+/// and shown in. The gateway stores the block `headers::write_upstream_head`
+/// wrote for the upstream; this map encoder is the tests' reference.
+#[cfg(test)]
 pub fn encode_headers(headers: &http::HeaderMap) -> Vec<u8> {
     let mut out = Vec::with_capacity(headers.len() * 32);
     for (name, value) in headers {
@@ -304,7 +306,7 @@ pub fn encode_headers(headers: &http::HeaderMap) -> Vec<u8> {
     out
 }
 
-/// The inverse of [`encode_headers`]; a field that does not parse is an
+/// Reads a stored field block (`name: value\r\n` lines); a field that does not parse is an
 /// error (the record is corrupt).
 pub fn decode_headers(bytes: &[u8]) -> Result<http::HeaderMap, String> {
     let mut map = http::HeaderMap::new();
