@@ -641,9 +641,11 @@ impl Proxy {
         let encode = |out: &mut Vec<u8>| {
             headers::write_upstream_head(out, &upstream_head);
         };
-        let sending = pool.send_head(&head.method, encode, frames.into_body());
+        // `sent` also dates the pool's idle check and the upstream deadline:
+        // one clock read for the three.
+        let sending = pool.send_head(&head.method, encode, frames.into_body(), sent);
         let attempt = match timer {
-            Some(timer) => within(timer, route.upstream_timeout, sending).await,
+            Some(timer) => within(timer, sent + route.upstream_timeout, sending).await,
             None => tokio::time::timeout(route.upstream_timeout, sending)
                 .await
                 .map_err(|_| TimedOut),
@@ -806,16 +808,15 @@ pub type UpstreamTimer = Option<Pin<Box<Sleep>>>;
 #[derive(Debug)]
 pub struct TimedOut;
 
-/// `fut`, bounded by `limit` from now, on the connection's `timer`. Each
+/// `fut`, bounded by the deadline `at`, on the connection's `timer`. Each
 /// request's deadline is later than the one before, so moving the timer
 /// only updates its entry in tokio's timer wheel, where a new timer per
 /// request was an insertion and a removal under the driver's lock.
 async fn within<F: Future>(
     timer: &mut UpstreamTimer,
-    limit: Duration,
+    at: Instant,
     fut: F,
 ) -> Result<F::Output, TimedOut> {
-    let at = Instant::now() + limit;
     let mut sleep = match timer {
         Some(sleep) => {
             sleep.as_mut().reset(at);

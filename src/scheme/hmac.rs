@@ -6,11 +6,16 @@ use hmac::{Hmac, KeyInit, Mac};
 use super::{Algorithm, MAX_MAC};
 
 /// A key's prepared HMAC state (the key schedule done once).
+// SHA-512's state (304 bytes, twice SHA-256's) is boxed: a request's
+// verifier holds one state per key inline, sized by the largest variant,
+// and is moved into the request's future; the SHA-1 and SHA-256 schemes
+// (all but one preset) then carry half the bytes, and SHA-512 routes pay
+// one allocation per request.
 #[derive(Clone)]
 pub enum MacKey {
     Sha1(Hmac<sha1::Sha1>),
     Sha256(Hmac<sha2::Sha256>),
-    Sha512(Hmac<sha2::Sha512>),
+    Sha512(Box<Hmac<sha2::Sha512>>),
 }
 
 /// HMAC accepts keys of any length; `new_from_slice` only fails for
@@ -28,7 +33,7 @@ impl MacKey {
         match algorithm {
             Algorithm::Sha1 => Some(MacKey::Sha1(keyed(secret))),
             Algorithm::Sha256 => Some(MacKey::Sha256(keyed(secret))),
-            Algorithm::Sha512 => Some(MacKey::Sha512(keyed(secret))),
+            Algorithm::Sha512 => Some(MacKey::Sha512(Box::new(keyed(secret)))),
             Algorithm::Token => None,
         }
     }

@@ -773,6 +773,51 @@ fn every_preset_rejects_the_bad_inputs() {
     }
 }
 
+/// The hex decoder (vectorised) takes either case, as senders' libraries
+/// differ, and refuses a non-hex byte wherever it sits in the 64 digits
+/// (each lane of the vector check, and the bytes next to the digit and
+/// letter ranges).
+#[test]
+fn hex_signatures_either_case_and_every_position_checked() {
+    let c = check("github", &["s"]);
+    let body = b"{\"n\":1}";
+    let Material::Hmac(key) = &c.keys[0].material else {
+        panic!("github keys are HMAC keys")
+    };
+    let mac = hex::encode(key.sign(body).as_slice());
+    for value in [mac.clone(), mac.to_uppercase()] {
+        let h = run(
+            &c,
+            &[("x-hub-signature-256", &format!("sha256={value}"))],
+            None,
+            body,
+            0,
+        );
+        assert!(h.is_ok(), "{value}: {h:?}");
+    }
+    for at in 0..64 {
+        for bad in ['g', 'G', '/', ':', '@', '`', ' '] {
+            let mut value = mac.clone().into_bytes();
+            value[at] = bad as u8;
+            let value = String::from_utf8(value).unwrap();
+            let h = run(
+                &c,
+                &[("x-hub-signature-256", &format!("sha256={value}"))],
+                None,
+                body,
+                0,
+            );
+            // A space at the end is trimmed: then the length is wrong.
+            let want = if bad == ' ' && at == 63 {
+                VerifyError::WrongLength
+            } else {
+                VerifyError::NotHex
+            };
+            assert_eq!(h, Err(want), "{bad:?} at {at}");
+        }
+    }
+}
+
 #[test]
 fn error_kinds_per_format() {
     let c = check("github", &["s"]);

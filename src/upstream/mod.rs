@@ -98,11 +98,11 @@ struct Idle {
 impl Pool {
     /// An idle connection that is still open, if any (dropping stale ones).
     /// The check runs outside the lock.
-    fn take_idle(&self) -> Option<Box<Conn>> {
+    fn take_idle(&self, now: Instant) -> Option<Box<Conn>> {
         loop {
             let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut idle = popped?;
-            if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.idle_usable() {
+            if now.saturating_duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.idle_usable() {
                 return Some(idle.conn);
             }
         }
@@ -152,20 +152,24 @@ impl Pool {
         let headers = std::mem::take(&mut parts.headers);
         let encode =
             |out: &mut Vec<u8>| h1::encode_head(out, &parts.method, &parts.uri, &headers, len);
-        self.send_head(&parts.method, encode, body).await
+        self.send_head(&parts.method, encode, body, Instant::now())
+            .await
     }
 
     /// Sends a request whose head `encode` writes (the request line, the
     /// fields, the blank line) and whose body is `body`, as [`Pool::send`].
+    /// `now`: the caller's clock read as it sends (an idle connection's age
+    /// is measured against it).
     pub async fn send_head(
         self: &Arc<Self>,
         method: &Method,
         encode: impl Fn(&mut Vec<u8>),
         body: ReplayBody,
+        now: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let frames = body.bufs();
         let (mut conn, complete) = loop {
-            let (mut conn, reused) = match self.take_idle() {
+            let (mut conn, reused) = match self.take_idle(now) {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
