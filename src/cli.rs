@@ -548,7 +548,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match serve_config(path, config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -556,7 +556,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Whatever way serving ended, no access line stays in the buffer.
+    crate::logging::access::stop_coalescing();
+    code
 }
 
 async fn bind(addr: SocketAddr, key: &str, path: &Path) -> Result<TcpListener, String> {
@@ -613,6 +616,7 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
         env,
     ));
     let watchdog = tokio::spawn(lifecycle::watchdog());
+    let access_lines = tokio::spawn(crate::logging::access::coalesce());
     let expiry = tokio::spawn(lifecycle::key_expiry_warnings(proxy.clone()));
 
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
@@ -655,6 +659,8 @@ async fn serve_config(path: &Path, config: Config) -> Result<(), String> {
         })
         .await;
     }
+    crate::logging::access::stop_coalescing();
+    access_lines.abort();
     reloader.abort();
     watchdog.abort();
     expiry.abort();

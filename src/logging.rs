@@ -43,7 +43,12 @@ pub fn init(format: LogFormat) {
         .parse_lossy(directives);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Buffered access lines first: stderr keeps the order lines were
+        // made in (`access::coalesce`).
+        .with_writer(|| {
+            access::flush();
+            std::io::stderr()
+        })
         // On a failed write tracing-subscriber reports with `eprintln!`,
         // which panics when stderr itself is the closed pipe: a log reader
         // that went away would kill every connection in the middle of its

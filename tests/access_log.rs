@@ -273,3 +273,90 @@ async fn json_access_lines_keep_their_layout() {
         );
     }
 }
+
+/// The text format's access lines share writes while the server runs
+/// (`logging::access::coalesce`): with many requests ending together, every
+/// line still arrives once and whole, while the server keeps running (not
+/// only at exit), and a warn line made after them comes after them.
+#[tokio::test]
+async fn concurrent_text_access_lines_arrive_whole_while_serving() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            two_routes(upstream.addr, "enforce = false")
+        ),
+    )
+    .unwrap();
+    let mut running = spawn_run_text(
+        &path,
+        &[
+            ("SECRET_A", SECRET_A),
+            ("SECRET_B", SECRET_B),
+            ("HOOKGATE_LOG", "info"),
+        ],
+    );
+    let log = drain_log(&mut running);
+    let addr = running.addr;
+    const N: usize = 64;
+    let body = b"{\"event\":\"generation.completed\"}";
+    let good = sign(SECRET_A, body);
+    let sends = (0..N).map(|_| {
+        let good = good.clone();
+        tokio::spawn(async move { raw(addr, &post("/webhooks/a", Some(&good), body, "")).await })
+    });
+    for send in sends.collect::<Vec<_>>() {
+        assert_eq!(send.await.unwrap().0.status, 201);
+    }
+    // The shadow route's warn line, made after all N requests ended.
+    let wrong = sign(SECRET_B, body);
+    let (r, _) = raw(addr, &post("/webhooks/a", Some(&wrong), body, "")).await;
+    assert_eq!(r.status, 201);
+
+    let access = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains(" hookgate::access: "))
+            .count()
+    };
+    let mut waited = 0;
+    while access(&log.lock().unwrap()) < N + 1 {
+        waited += 1;
+        assert!(waited < 500, "{:#?}", log.lock().unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let lines = log.lock().unwrap().clone();
+    let forwarded: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" outcome=forwarded "))
+        .collect();
+    assert_eq!(forwarded.len(), N, "{lines:#?}");
+    for line in &forwarded {
+        let (stamp, rest) = line.split_once(' ').unwrap();
+        humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            rest.starts_with(" INFO hookgate::access: route=a method=POST status=201 "),
+            "{line}"
+        );
+        assert!(line.ends_with(" protocol=HTTP/1.1"), "{line}");
+        assert_eq!(line.matches("hookgate::access").count(), 1, "{line}");
+    }
+    let at = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l)).unwrap();
+    let warn = at(&|l: &str| l.contains(" WARN hookgate::proxy: shadow mode"));
+    let last_forwarded = lines
+        .iter()
+        .rposition(|l| l.contains(" outcome=forwarded "))
+        .unwrap();
+    assert!(last_forwarded < warn, "{lines:#?}");
+    // Still serving: the lines came without the exit's flush.
+    assert!(running.child.try_wait().unwrap().is_none());
+    let kill = Command::new("kill")
+        .args(["-TERM", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(running.child.wait().unwrap().code(), Some(0));
+}

@@ -13,12 +13,27 @@
 //! check (~130 instructions). The JSON format, and a process that never
 //! called [`init`](super::init) (the in-process tests, an embedder with its
 //! own subscriber), keep the tracing event.
+//!
+//! While the server runs, the lines of one scheduler pass share one write
+//! ([`coalesce`]): a request appends its line to a buffer, and a task that
+//! yields once before writing flushes it after the other ready tasks have
+//! run, so with many connections busy one `write` carries the lines of
+//! all the requests that ended in that pass, where each line was a system
+//! call of its own (about 1 µs of kernel time per request on the
+//! benchmark's VM). Nothing waits on a timer: an idle server writes a
+//! line as soon as its scheduler has nothing else to run. Every other log
+//! line flushes the buffer before it is written, so the order on stderr is
+//! the order the lines were made in, and the server flushes it before it
+//! exits.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::time::SystemTime;
+
+use tokio::sync::Notify;
 
 use tracing::Level;
 
@@ -39,6 +54,79 @@ const TEXT_ANSI: u8 = 2;
 /// [`TextLine`](super::TextLine) when `ansi`.
 pub(super) fn write_text_directly(ansi: bool) {
     DIRECT.store(if ansi { TEXT_ANSI } else { TEXT_PLAIN }, Ordering::Relaxed);
+}
+
+/// Lines waiting for the flushing task ([`coalesce`]).
+static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The flushing task is running: lines go to [`PENDING`].
+static COALESCING: AtomicBool = AtomicBool::new(false);
+/// A flush has been asked for and not yet begun.
+static SCHEDULED: AtomicBool = AtomicBool::new(false);
+static FLUSH: Notify = Notify::const_new();
+/// Past this many bytes the request that adds a line writes the buffer
+/// itself: the buffer stays small whatever the flushing task's delay.
+const PENDING_MAX: usize = 64 * 1024;
+
+/// A lost line beats a panic or a stalled request (the subscriber runs
+/// with `log_internal_errors(false)` for the same reason): a closed stderr
+/// must not stop serving.
+fn to_stderr(bytes: &[u8]) {
+    if !bytes.is_empty() {
+        let _ = std::io::stderr().write_all(bytes);
+    }
+}
+
+/// The pending lines, locked (a panic elsewhere while it was held leaves
+/// bytes that are still lines).
+fn pending() -> std::sync::MutexGuard<'static, Vec<u8>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One access line (newline included): into the pending buffer while
+/// [`coalesce`] runs, else straight to stderr.
+fn write_line(line: &[u8]) {
+    let mut buf = pending();
+    if !COALESCING.load(Ordering::Acquire) || buf.len() + line.len() > PENDING_MAX {
+        to_stderr(&buf);
+        buf.clear();
+        to_stderr(line);
+        return;
+    }
+    buf.extend_from_slice(line);
+    drop(buf);
+    if !SCHEDULED.swap(true, Ordering::AcqRel) {
+        FLUSH.notify_one();
+    }
+}
+
+/// Writes the pending access lines now: before any other log line (so
+/// stderr keeps the order lines were made in) and at exit.
+pub fn flush() {
+    let mut buf = pending();
+    to_stderr(&buf);
+    buf.clear();
+}
+
+/// The flushing task, for the server's runtime: from its start, access
+/// lines are buffered, and each time one is added it yields once (the
+/// other ready tasks run and add theirs: tokio runs a yielded task again
+/// after the tasks that were ready, and after polling for I/O) and writes
+/// them all. It runs until the server stops it with [`stop_coalescing`].
+pub async fn coalesce() {
+    COALESCING.store(true, Ordering::Release);
+    loop {
+        FLUSH.notified().await;
+        tokio::task::yield_now().await;
+        SCHEDULED.store(false, Ordering::Release);
+        flush();
+    }
+}
+
+/// Lines go straight to stderr again, after the pending ones: called when
+/// the server has stopped, before the flushing task is dropped.
+pub fn stop_coalescing() {
+    COALESCING.store(false, Ordering::Release);
+    flush();
 }
 
 /// One finished request, as the access line shows it (fields in this order).
@@ -89,10 +177,7 @@ impl AccessLine<'_> {
         let write = |line: &mut String| {
             line.clear();
             if self.write_text(line, SystemTime::now(), ansi).is_ok() {
-                // A lost line beats a panic or a stalled request (the
-                // subscriber runs with `log_internal_errors(false)` for the
-                // same reason); a closed stderr must not stop serving.
-                let _ = std::io::stderr().write_all(line.as_bytes());
+                write_line(line.as_bytes());
             }
         };
         // `try_`: while the thread is being torn down (a response dropped
