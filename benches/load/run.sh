@@ -31,6 +31,10 @@
 #   TLS=auto         auto: TLS rows when hookgate supports [server.tls]; 0: never; 1: required
 #   ACCESS_LOG=1     1: both proxies write an access-log line per request (as in production);
 #                    0: hookgate at HOOKGATE_LOG=warn, nginx access_log off
+#   NGINX_LOG_BUFFER=  with ACCESS_LOG=1: nginx's access_log gets `buffer=SIZE flush=1s` (e.g.
+#                    64k), so it too writes many lines per system call, as hookgate's text
+#                    access lines do (they share a write per scheduler pass); empty (default):
+#                    nginx's default, one write per request
 #   HOOKGATE_BIN=    use this binary instead of building target/release/hookgate
 #   REPLAY=0         1: the replay defence's cost (issue 11) instead: hookgate on the same
 #                    route without and with replay_window, both sent a pool of POOL_SIZE=4096
@@ -73,6 +77,7 @@ LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 TLS=${TLS:-auto}
 ACCESS_LOG=${ACCESS_LOG:-1}
+NGINX_LOG_BUFFER=${NGINX_LOG_BUFFER:-}
 REPLAY=${REPLAY:-0}
 POOL_SIZE=${POOL_SIZE:-4096}
 REPLAY_WINDOW=${REPLAY_WINDOW:-50ms}
@@ -345,6 +350,8 @@ nginx_proxy_conf() {  # nginx_proxy_conf DIR PORT TLS(0|1)
   fi
   local access="access_log off;"
   [[ $ACCESS_LOG == 1 ]] && access="access_log $dir/access.log;"
+  [[ $ACCESS_LOG == 1 && -n $NGINX_LOG_BUFFER ]] \
+    && access="access_log $dir/access.log combined buffer=$NGINX_LOG_BUFFER flush=1s;"
   nginx_conf "$dir" "$WORKERS" "$access" "
     server {
         listen 127.0.0.1:$port$listen_extra;
@@ -721,7 +728,7 @@ if [[ $SPOOL == 1 ]]; then
 fi
 
 # ----------------------------------------------------------------- report
-ACCESS_NOTE="access logs: on (hookgate INFO access line per request on stderr → file; nginx access_log → file)"
+ACCESS_NOTE="access logs: on (hookgate INFO access line per request on stderr → file, the lines of one scheduler pass in one write; nginx access_log → file, $([[ -n $NGINX_LOG_BUFFER ]] && echo "buffer=$NGINX_LOG_BUFFER flush=1s" || echo "unbuffered: one write per request"))"
 [[ $ACCESS_LOG == 1 ]] || ACCESS_NOTE="access logs: off (HOOKGATE_LOG=warn; nginx access_log off)"
 
 labels=() ; for i in "${!T_NAMES[@]}"; do labels+=(--label "${T_NAMES[$i]}=${T_LABELS[$i]}"); done
