@@ -10,35 +10,50 @@ use common::*;
 
 const CANARY: &str = "body-canary-7f3a9c";
 
-/// Runs the real binary with JSON logs, sends a forwarded request, a
-/// rejected one and an unmatched one, and reads stderr after SIGTERM.
-#[tokio::test]
-async fn one_line_per_request_without_secrets() {
-    let upstream = Upstream::start(Behaviour::Respond).await;
+/// Starts the real binary (`spawn`: the JSON or text format) on the
+/// two-route config (route `a` gets `route_a_extra`) with an admin
+/// listener, `HOOKGATE_LOG=filter`, and the secrets; the config's
+/// directory must outlive the process.
+fn start(
+    spawn: fn(&Path, &[(&str, &str)]) -> Running,
+    upstream: &Upstream,
+    route_a_extra: &str,
+    filter: &str,
+) -> (tempfile::TempDir, Running) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hookgate.toml");
     std::fs::write(
         &path,
         format!(
             "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            two_routes(upstream.addr, "")
+            two_routes(upstream.addr, route_a_extra)
         ),
     )
     .unwrap();
+    let running = spawn(
+        &path,
+        &[
+            ("SECRET_A", SECRET_A),
+            ("SECRET_B", SECRET_B),
+            ("HOOKGATE_LOG", filter),
+        ],
+    );
+    (dir, running)
+}
+
+/// Runs the real binary with JSON logs, sends a forwarded request, a
+/// rejected one and an unmatched one, and reads stderr after SIGTERM.
+#[tokio::test]
+async fn one_line_per_request_without_secrets() {
+    let upstream = Upstream::start(Behaviour::Respond).await;
+    let (_dir, running) = start(spawn_run, &upstream, "", "debug");
     let Running {
         mut child,
         addr,
         lines,
         seen: mut all,
         ..
-    } = spawn_run(
-        &path,
-        &[
-            ("SECRET_A", SECRET_A),
-            ("SECRET_B", SECRET_B),
-            ("HOOKGATE_LOG", "debug"),
-        ],
-    );
+    } = running;
 
     let body = format!("{{\"event\":\"generation.completed\",\"note\":\"{CANARY}\"}}");
     let good = sign(SECRET_A, body.as_bytes());
@@ -110,30 +125,14 @@ async fn four_requests(
     filter: &str,
 ) -> (Vec<String>, usize) {
     let upstream = Upstream::start(Behaviour::Respond).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hookgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            two_routes(upstream.addr, "enforce = false")
-        ),
-    )
-    .unwrap();
+    let (_dir, running) = start(spawn, &upstream, "enforce = false", filter);
     let Running {
         mut child,
         addr,
         lines,
         seen: mut all,
         ..
-    } = spawn(
-        &path,
-        &[
-            ("SECRET_A", SECRET_A),
-            ("SECRET_B", SECRET_B),
-            ("HOOKGATE_LOG", filter),
-        ],
-    );
+    } = running;
     let body = b"{\"event\":\"generation.completed\"}";
     let good = sign(SECRET_A, body);
     let wrong = sign(SECRET_B, body);
@@ -281,24 +280,7 @@ async fn json_access_lines_keep_their_layout() {
 #[tokio::test]
 async fn concurrent_text_access_lines_arrive_whole_while_serving() {
     let upstream = Upstream::start(Behaviour::Respond).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hookgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            two_routes(upstream.addr, "enforce = false")
-        ),
-    )
-    .unwrap();
-    let mut running = spawn_run_text(
-        &path,
-        &[
-            ("SECRET_A", SECRET_A),
-            ("SECRET_B", SECRET_B),
-            ("HOOKGATE_LOG", "info"),
-        ],
-    );
+    let (_dir, mut running) = start(spawn_run_text, &upstream, "enforce = false", "info");
     let log = drain_log(&mut running);
     let addr = running.addr;
     const N: usize = 64;
