@@ -8,9 +8,9 @@ use super::{Algorithm, MAX_MAC};
 /// A key's prepared HMAC state (the key schedule done once).
 // SHA-512's state (304 bytes, twice SHA-256's) is boxed: a request's
 // verifier holds one state per key inline, sized by the largest variant,
-// and is moved into the request's future; the SHA-1 and SHA-256 schemes
-// (all but one preset) then carry half the bytes, and SHA-512 routes pay
-// one allocation per request.
+// and is moved into the request's future. SHA-1 and SHA-256 (every
+// preset; SHA-512 only in a custom scheme) then carry half the bytes, and
+// SHA-512 routes pay one allocation per request.
 #[derive(Clone)]
 pub enum MacKey {
     Sha1(Hmac<sha1::Sha1>),
